@@ -1,0 +1,55 @@
+"""Server settings users pass to ``serve()``: limits and the heartbeat."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._outbound import QueuePolicy
+
+if TYPE_CHECKING:
+    from ._context import ConnectionContext
+
+__all__ = ["Heartbeat", "Limits"]
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Per-connection bounds. Every one exists so a client cannot make the server
+    hold unbounded memory or work."""
+
+    #: Larger inbound frames close the connection with 1009 (counted in bytes).
+    max_message_bytes: int = 1024 * 1024
+    #: RPCs running at once on one connection; more are answered RESOURCE_EXHAUSTED.
+    max_in_flight_rpcs: int = 1000
+    #: Upper bound on any RPC's deadline, seconds (``meta.timeoutMs`` is capped by it).
+    max_rpc_timeout: float = 120.0
+    #: Frames queued for one client before the policy applies.
+    outbound_queue: int = 1024
+    outbound_policy: QueuePolicy = "wait"
+    #: Graceful shutdown: how long in-flight RPCs may run before they are cancelled.
+    shutdown_grace: float = 10.0
+    #: How long a close handshake (or an ``on_close`` hook) may take before we give up.
+    close_timeout: float = 5.0
+
+    def rpc_timeout(self, timeout_ms: Any) -> float:
+        """Seconds an RPC may run: the client's ``timeoutMs``, capped by ours."""
+        if isinstance(timeout_ms, int | float) and not isinstance(timeout_ms, bool):
+            return min(timeout_ms / 1000, self.max_rpc_timeout)
+        return self.max_rpc_timeout if self.max_rpc_timeout > 0 else math.inf
+
+
+@attrs.frozen(kw_only=True)
+class Heartbeat:
+    """Server-side liveness check with WebSocket pings.
+
+    Every ``interval`` seconds the server pings; a pong not back within ``timeout``
+    makes the connection stale: ``on_stale(ctx)`` runs (default: close with 1008).
+    """
+
+    interval: float = 30.0
+    timeout: float = 10.0
+    on_stale: Callable[[ConnectionContext[Any]], Awaitable[None]] | None = None

@@ -1,0 +1,327 @@
+"""One connection = one nursery: reader/dispatcher, writer, RPC tasks, heartbeat.
+
+The reader decodes and dispatches; event handlers run inline in it, so they
+keep arrival order and a slow handler slows only its own client (TCP
+back-pressure). Each RPC runs in its own task and cancel scope, children of the
+connection's nursery. Every frame goes out through the bounded :class:`Outbox`
+and one writer task. When the connection ends, the nursery is cancelled, so
+nothing of it outlives it; ``on_close`` hooks run last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from ._config import Heartbeat, Limits
+from ._context import ConnectionContext, Context, RpcContext
+from ._errors import CloseError, ConnectionClosed, WsKitError
+from ._outbound import FrameKind, Outbox
+from ._protocol import frames
+from ._protocol.codes import ErrorCode
+from ._router import CompiledRouter, Route, maybe_await, run_chain
+from ._transport import Transport
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("wskit_trio")
+
+D = TypeVar("D")
+
+
+def _internal(exc: BaseException) -> WsKitError:
+    # The client learns nothing of the exception: no text, no stack.
+    err = WsKitError(ErrorCode.INTERNAL, "Internal error")
+    err.__cause__ = exc
+    return err
+
+
+class Connection(Generic[D]):
+    """The runtime of one accepted WebSocket. Create, then ``await run()``."""
+
+    def __init__(
+        self,
+        router: CompiledRouter[D],
+        transport: Transport,
+        data: D,
+        limits: Limits,
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
+        self.router = router
+        self.transport = transport
+        self.data = data
+        self.limits = limits
+        self.heartbeat = heartbeat
+        self.client_id = str(uuid.uuid4())
+        self.outbox = Outbox(limits.outbound_queue, limits.outbound_policy)
+        self.context: ConnectionContext[D] = ConnectionContext(self)
+        #: In-flight RPCs by correlationId.
+        self.rpcs: dict[str, RpcContext[Any, Any, D]] = {}
+        self._rpcs_idle = trio.Event()
+        self._rpcs_idle.set()
+        self._nursery: trio.Nursery | None = None
+        self._close_code = 1000
+        self._close_reason = ""
+        #: How the connection ended, once it has: (code, reason).
+        self.closed: tuple[int, str] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until either side closes it, then run ``on_close``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._watch_overflow)
+                if await self._open():
+                    nursery.start_soon(self._read_loop)
+                    if self.heartbeat is not None:
+                        nursery.start_soon(self._heartbeat_loop, self.heartbeat)
+        finally:
+            self.outbox.close()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.limits.close_timeout):
+                    await self.transport.close(self._close_code, self._close_reason)
+                if self.closed is None:
+                    self.closed = (self._close_code, self._close_reason)
+                await self._run_close_hooks()
+
+    def close_soon(self, code: int = 1000, reason: str = "") -> None:
+        """Close after the frames already queued are sent; no new frames are accepted."""
+        if not self.outbox.closed:
+            self._close_code, self._close_reason = code, reason
+            self.outbox.close()
+
+    def abort(self, code: int, reason: str = "") -> None:
+        """Close now: queued frames are discarded and every task of the connection
+        is cancelled."""
+        self._close_code, self._close_reason = code, reason
+        self.outbox.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def shutdown(self, grace: float) -> None:
+        """Graceful stop: let in-flight RPCs finish for up to ``grace`` seconds, then
+        close with 1001 (which cancels whatever still runs)."""
+        with trio.move_on_after(grace):
+            await self._rpcs_idle.wait()
+        self.close_soon(1001, "server shutting down")
+
+    async def _open(self) -> bool:
+        try:
+            for hook in self.router.on_open:
+                await maybe_await(hook(self.context))
+        except CloseError as exc:
+            self.close_soon(exc.code, exc.reason)
+            return False
+        except Exception as exc:
+            log.exception("on_open hook failed; closing with 1011")
+            await self.router.report(_internal(exc), self.context)
+            self.close_soon(1011, "Internal error")
+            return False
+        return True
+
+    async def _run_close_hooks(self) -> None:
+        for hook in self.router.on_close:
+            with trio.move_on_after(self.limits.close_timeout):
+                try:
+                    await maybe_await(hook(self.context))
+                except Exception:
+                    log.exception("on_close hook %r failed", hook)
+
+    # -- tasks --------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        assert self._nursery is not None
+        try:
+            while batch := await self.outbox.get_batch():
+                await self.transport.send(batch)
+        except ConnectionClosed as exc:
+            self.closed = (exc.code, exc.reason)
+        else:
+            # Closed on our side and drained: now the close handshake.
+            with trio.move_on_after(self.limits.close_timeout):
+                await self.transport.close(self._close_code, self._close_reason)
+        self._nursery.cancel_scope.cancel()
+
+    async def _read_loop(self) -> None:
+        assert self._nursery is not None
+        try:
+            while True:
+                await self.dispatch(await self.transport.receive())
+        except ConnectionClosed as exc:
+            self.closed = (exc.code, exc.reason)
+            if exc.code == 1009:
+                await self.router.report(
+                    WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Message too big"), self.context
+                )
+        self._nursery.cancel_scope.cancel()
+
+    async def _watch_overflow(self) -> None:
+        await self.outbox.overflowed.wait()
+        await self.router.report(
+            WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Outbound queue full"), self.context
+        )
+        self.abort(1008, "slow consumer")
+
+    async def _heartbeat_loop(self, heartbeat: Heartbeat) -> None:
+        while True:
+            await trio.sleep(heartbeat.interval)
+            with trio.move_on_after(heartbeat.timeout):
+                await self.transport.ping()
+                continue
+            if heartbeat.on_stale is not None:
+                await heartbeat.on_stale(self.context)
+            else:
+                self.abort(1008, "heartbeat timeout")
+                return
+
+    # -- dispatch -----------------------------------------------------------------
+
+    async def dispatch(self, data: str | bytes) -> None:
+        """Handle one inbound message: answer it per protocol.md §4 or run its route."""
+        frame = frames.decode_frame(data)
+        if isinstance(frame, frames.FrameError):
+            await self._refuse(frame.code, frame.message, frame.details, frame.correlation_id)
+            return
+        msg_type = frame.type
+        route = self.router.routes.get(msg_type)
+        if route is None:
+            await self._dispatch_unrouted(frame)
+            return
+        cid = frame.correlation_id
+        result = frames.validate_frame(
+            frame, route.schema.structure_payload, route.schema.structure_meta
+        )
+        if isinstance(result, list):
+            details = {"errors": [{"path": p, "message": m} for p, m in result]}
+            await self._refuse(
+                ErrorCode.INVALID_ARGUMENT, "Validation failed", details, cid, rpc=route.is_rpc
+            )
+            return
+        payload, meta, _ = result
+        if route.response is None:
+            await self._run_event(route, Context(self, msg_type, payload, meta))
+            return
+        if cid is None:
+            await self._refuse(
+                ErrorCode.INVALID_ARGUMENT, "RPC request needs meta.correlationId", None, None
+            )
+            return
+        if cid in self.rpcs:
+            await self._refuse(
+                ErrorCode.INVALID_ARGUMENT, "correlationId already in flight", None, cid, rpc=True
+            )
+            return
+        if len(self.rpcs) >= self.limits.max_in_flight_rpcs:
+            await self._refuse(
+                ErrorCode.RESOURCE_EXHAUSTED, "Too many RPCs in flight", None, cid, rpc=True
+            )
+            return
+        ctx: RpcContext[Any, Any, D] = RpcContext(
+            self, msg_type, payload, meta, cid, route.response
+        )
+        ctx.cancel_scope.deadline = trio.current_time() + self.limits.rpc_timeout(
+            meta.get("timeoutMs")
+        )
+        self.rpcs[cid] = ctx
+        self._rpcs_idle = trio.Event()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_rpc, route, ctx)
+
+    async def _dispatch_unrouted(self, frame: frames.InboundFrame) -> None:
+        msg_type = frame.type
+        if msg_type == frames.HEARTBEAT_TYPE:
+            await self.outbox.put(frames.encode_heartbeat_ack(int(time.time() * 1000)))
+        elif msg_type == frames.ABORT_TYPE:
+            if frame.correlation_id is None:
+                await self._refuse(
+                    ErrorCode.INVALID_ARGUMENT, "$ws:abort needs meta.correlationId", None, None
+                )
+                return
+            ctx = self.rpcs.get(frame.correlation_id)
+            if ctx is not None:
+                # The client has given up: cancel, and send nothing more for it.
+                ctx.aborted = ctx.done = True
+                ctx.cancel_scope.cancel()
+        elif frames.is_reserved_type(msg_type):
+            await self._refuse(
+                ErrorCode.INVALID_ARGUMENT,
+                f"Type {msg_type!r} is reserved",
+                None,
+                frame.correlation_id,
+            )
+        else:
+            await self._refuse(
+                ErrorCode.UNIMPLEMENTED,
+                f"No handler for type {msg_type!r}",
+                None,
+                frame.correlation_id,
+                rpc=True,
+            )
+
+    async def _refuse(
+        self,
+        code: ErrorCode,
+        message: str,
+        details: dict[str, Any] | None,
+        correlation_id: str | None,
+        *,
+        rpc: bool = False,
+    ) -> None:
+        await self.outbox.put(
+            frames.encode_error(
+                code, message, details, correlation_id=correlation_id, rpc=rpc
+            )
+        )
+        await self.router.report(WsKitError(code, message, details), self.context)
+
+    async def _run_event(self, route: Route, ctx: Context[Any, D]) -> None:
+        try:
+            await run_chain(route, ctx)
+        except WsKitError as err:
+            await self._fail(ctx, err)
+        except Exception as exc:
+            log.exception("handler for %s failed", ctx.type)
+            await self._fail(ctx, _internal(exc))
+
+    async def _run_rpc(self, route: Route, ctx: RpcContext[Any, Any, D]) -> None:
+        try:
+            with ctx.cancel_scope:
+                try:
+                    await run_chain(route, ctx)
+                except WsKitError as err:
+                    await self._fail(ctx, err)
+                except Exception as exc:
+                    log.exception("RPC handler for %s failed", ctx.type)
+                    await self._fail(ctx, _internal(exc))
+                else:
+                    if not ctx.done:
+                        await self._fail(
+                            ctx,
+                            WsKitError(ErrorCode.INTERNAL, "handler returned without a reply"),
+                        )
+            if ctx.cancel_scope.cancelled_caught and not ctx.done:
+                await self._fail(ctx, WsKitError(ErrorCode.DEADLINE_EXCEEDED))
+        finally:
+            del self.rpcs[ctx.correlation_id or ""]
+            if not self.rpcs:
+                self._rpcs_idle.set()
+
+    async def _fail(self, ctx: Context[Any, D], err: WsKitError) -> None:
+        await ctx._send_error(err)
+        await self.router.report(err, ctx)
+
+    # -- introspection ------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "rpcs_in_flight": len(self.rpcs),
+            "outbox": self.outbox.statistics(),
+        }

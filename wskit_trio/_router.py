@@ -1,0 +1,295 @@
+"""The route table: schemas to handlers, middleware, merging, lifecycle hooks.
+
+A :class:`Router` is a plain registry; nothing here runs a connection. The
+server compiles it once (:meth:`Router.compile`) into a dict lookup per type
+with each route's middleware chain fixed, so dispatch costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
+
+import attrs
+
+from ._context import ConnectionContext, Context, RpcContext
+from ._errors import ConfigurationError, WsKitError
+from ._protocol.frames import is_reserved_type
+from ._schema import MessageSchema, RpcSchema
+
+__all__ = [
+    "ErrorHook",
+    "Handler",
+    "LifecycleHook",
+    "Middleware",
+    "Next",
+    "Route",
+    "Router",
+    "RpcHandler",
+]
+
+log = logging.getLogger("wskit_trio")
+
+D = TypeVar("D")
+P = TypeVar("P")
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+Next: TypeAlias = Callable[[], Awaitable[None]]
+Middleware: TypeAlias = Callable[[Context[Any, D], Next], Awaitable[None]]
+Handler: TypeAlias = Callable[[Context[P, D]], Awaitable[None]]
+RpcHandler: TypeAlias = Callable[[RpcContext[Req, Res, D]], Awaitable[None]]
+#: ``on_open`` / ``on_close``: sync or async, given the connection.
+LifecycleHook: TypeAlias = Callable[[ConnectionContext[D]], Awaitable[None] | None]
+#: ``on_error``: sync or async, given the error sent (or that closed) and the connection.
+ErrorHook: TypeAlias = Callable[[WsKitError, ConnectionContext[D]], Awaitable[None] | None]
+ConflictPolicy: TypeAlias = Literal["error", "skip", "replace"]
+
+
+@attrs.frozen
+class Route:
+    """One registered message type. ``response`` is set for RPC routes."""
+
+    type: str
+    schema: MessageSchema[Any]
+    handler: Callable[[Any], Awaitable[None]]
+    middleware: tuple[Callable[..., Awaitable[None]], ...] = ()
+    response: MessageSchema[Any] | None = None
+
+    @property
+    def is_rpc(self) -> bool:
+        return self.response is not None
+
+
+class Router(Generic[D]):
+    """Message types → handlers, with middleware and lifecycle hooks.
+
+    ``D`` is the connection data type, shared by every router merged into this one.
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+        self._middleware: list[Middleware[D]] = []
+        self._on_open: list[LifecycleHook[D]] = []
+        self._on_close: list[LifecycleHook[D]] = []
+        self._on_error: list[ErrorHook[D]] = []
+
+    # -- registration -------------------------------------------------------------
+
+    @overload
+    def on(
+        self,
+        schema: MessageSchema[P],
+        handler: None = None,
+        *,
+        middleware: Sequence[Middleware[D]] = (),
+    ) -> Callable[[Handler[P, D]], Handler[P, D]]: ...
+    @overload
+    def on(
+        self,
+        schema: MessageSchema[P],
+        handler: Handler[P, D],
+        *,
+        middleware: Sequence[Middleware[D]] = (),
+    ) -> Handler[P, D]: ...
+    def on(
+        self,
+        schema: MessageSchema[P],
+        handler: Handler[P, D] | None = None,
+        *,
+        middleware: Sequence[Middleware[D]] = (),
+    ) -> Any:
+        """Register an event handler (``@router.on(PING)`` or ``router.on(PING, fn)``).
+
+        Event handlers of one connection run one at a time, in arrival order.
+        """
+        if not isinstance(schema, MessageSchema):
+            raise ConfigurationError(f"router.on() takes a message() schema, got {schema!r}")
+
+        def register(fn: Handler[P, D]) -> Handler[P, D]:
+            self._add(Route(schema.type, schema, fn, tuple(middleware)))
+            return fn
+
+        return register if handler is None else register(handler)
+
+    @overload
+    def rpc(
+        self,
+        schema: RpcSchema[Req, Res],
+        handler: None = None,
+        *,
+        middleware: Sequence[Middleware[D]] = (),
+    ) -> Callable[[RpcHandler[Req, Res, D]], RpcHandler[Req, Res, D]]: ...
+    @overload
+    def rpc(
+        self,
+        schema: RpcSchema[Req, Res],
+        handler: RpcHandler[Req, Res, D],
+        *,
+        middleware: Sequence[Middleware[D]] = (),
+    ) -> RpcHandler[Req, Res, D]: ...
+    def rpc(
+        self,
+        schema: RpcSchema[Req, Res],
+        handler: RpcHandler[Req, Res, D] | None = None,
+        *,
+        middleware: Sequence[Middleware[D]] = (),
+    ) -> Any:
+        """Register an RPC handler. Each request runs concurrently in its own task and
+        cancel scope; it must end with ``ctx.reply`` or an error."""
+        if not isinstance(schema, RpcSchema):
+            raise ConfigurationError(f"router.rpc() takes an rpc() schema, got {schema!r}")
+
+        def register(fn: RpcHandler[Req, Res, D]) -> RpcHandler[Req, Res, D]:
+            self._add(
+                Route(schema.type, schema.request, fn, tuple(middleware), schema.response)
+            )
+            return fn
+
+        return register if handler is None else register(handler)
+
+    def _add(self, route: Route, on_conflict: ConflictPolicy = "error") -> None:
+        if is_reserved_type(route.type):
+            raise ConfigurationError(f"type {route.type!r} is reserved for the protocol")
+        if route.type in self._routes:
+            if on_conflict == "skip":
+                return
+            if on_conflict == "error":
+                raise ConfigurationError(f"a handler for {route.type!r} is already registered")
+        self._routes[route.type] = route
+
+    def use(self, middleware: Middleware[D]) -> Middleware[D]:
+        """Add global middleware: ``async def mw(ctx, next)``. Runs before per-route
+        middleware, in the order added; not calling ``next`` skips the handler."""
+        self._middleware.append(middleware)
+        return middleware
+
+    def on_open(self, hook: LifecycleHook[D]) -> LifecycleHook[D]:
+        """Run when a connection opens, before any message is read. Raise
+        ``CloseError(code, reason)`` to refuse it; any other exception closes it with 1011."""
+        self._on_open.append(hook)
+        return hook
+
+    def on_close(self, hook: LifecycleHook[D]) -> LifecycleHook[D]:
+        """Run once when a connection has closed, whatever closed it."""
+        self._on_close.append(hook)
+        return hook
+
+    def on_error(self, hook: ErrorHook[D]) -> ErrorHook[D]:
+        """Run for every error answered or raised on a connection (protocol.md §4).
+        ``error.__cause__`` holds the handler's own exception, if there was one."""
+        self._on_error.append(hook)
+        return hook
+
+    # -- composition --------------------------------------------------------------
+
+    def merge(self, other: Router[D], *, on_conflict: ConflictPolicy = "error") -> Router[D]:
+        """Take every route and hook of ``other``. Its global middleware keeps applying
+        to its own routes only. ``on_conflict`` decides what a type registered on both
+        does: raise (default), keep ours (``"skip"``) or take theirs (``"replace"``)."""
+        self._take(other, "", on_conflict)
+        return self
+
+    def mount(self, prefix: str, other: Router[D]) -> Router[D]:
+        """Take ``other``'s routes under ``prefix + type`` (e.g. ``"chat."``)."""
+        if not prefix:
+            raise ConfigurationError("mount() needs a non-empty prefix")
+        self._take(other, prefix, "error")
+        return self
+
+    def _take(self, other: Router[D], prefix: str, on_conflict: ConflictPolicy) -> None:
+        if other is self:
+            raise ConfigurationError("a router cannot merge or mount itself")
+        if on_conflict == "error":
+            clashes = sorted({prefix + t for t in other._routes} & set(self._routes))
+            if clashes:
+                raise ConfigurationError(f"types registered on both routers: {clashes}")
+        for route in other._routes.values():
+            self._add(
+                attrs.evolve(
+                    route,
+                    type=prefix + route.type,
+                    middleware=(*other._middleware, *route.middleware),
+                ),
+                on_conflict,
+            )
+        self._on_open.extend(other._on_open)
+        self._on_close.extend(other._on_close)
+        self._on_error.extend(other._on_error)
+
+    def plugin(self, plugin: Callable[[Router[D]], object]) -> Router[D]:
+        """Apply ``plugin(router)`` (which registers routes, middleware or hooks)."""
+        plugin(self)
+        return self
+
+    # -- introspection ------------------------------------------------------------
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        """The route table, by wire type (a copy)."""
+        return dict(self._routes)
+
+    def compile(self) -> CompiledRouter[D]:
+        """Freeze the table for serving: each route's full middleware chain fixed."""
+        routes = {
+            t: attrs.evolve(r, middleware=(*self._middleware, *r.middleware))
+            for t, r in self._routes.items()
+        }
+        return CompiledRouter(
+            routes, tuple(self._on_open), tuple(self._on_close), tuple(self._on_error)
+        )
+
+
+@attrs.frozen
+class CompiledRouter(Generic[D]):
+    routes: dict[str, Route]
+    on_open: tuple[LifecycleHook[D], ...]
+    on_close: tuple[LifecycleHook[D], ...]
+    on_error: tuple[ErrorHook[D], ...]
+
+    async def report(self, error: WsKitError, ctx: ConnectionContext[D]) -> None:
+        """Pass ``error`` to every ``on_error`` hook; a failing hook is logged, not raised."""
+        for hook in self.on_error:
+            try:
+                await maybe_await(hook(error, ctx))
+            except Exception:
+                log.exception("on_error hook %r failed", hook)
+
+
+async def maybe_await(result: Awaitable[None] | None) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+async def run_chain(route: Route, ctx: Context[Any, Any]) -> None:
+    """Run global → per-route middleware → handler. ``next`` may be called at most once."""
+    chain = route.middleware
+    if not chain:
+        await route.handler(ctx)
+        return
+    await _step(chain, 0, route.handler, ctx)
+
+
+async def _step(
+    chain: tuple[Callable[..., Awaitable[None]], ...],
+    index: int,
+    handler: Callable[[Any], Awaitable[None]],
+    ctx: Context[Any, Any],
+) -> None:
+    if index == len(chain):
+        await handler(ctx)
+        return
+    called = False
+
+    async def next_() -> None:
+        nonlocal called
+        if called:
+            raise RuntimeError("middleware called next() twice")
+        called = True
+        await _step(chain, index + 1, handler, ctx)
+
+    await chain[index](ctx, next_)
+
+

@@ -1,0 +1,131 @@
+"""The transport seam: what a connection needs from a WebSocket, and nothing more.
+
+A :class:`Transport` receives one message at a time, sends batches of text
+frames, closes with a code, and knows the upgrade request it came from. The
+connection runtime is written against this interface only; adapters map each
+WebSocket library's exceptions to :class:`~wskit_trio.ConnectionClosed` in
+exactly one place (their own module).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+
+__all__ = ["Accepted", "Rejected", "Transport", "UpgradeRequest", "select_subprotocol"]
+
+
+@attrs.frozen
+class UpgradeRequest:
+    """The HTTP upgrade request, as ``authenticate`` sees it.
+
+    ``query`` maps each parameter to its first value; ``headers`` keeps every
+    header, names lower-cased; ``subprotocols`` are the ones the client offered,
+    in its order.
+    """
+
+    path: str = "/"
+    query: Mapping[str, str] = attrs.field(factory=dict)
+    headers: Sequence[tuple[str, str]] = ()
+    subprotocols: Sequence[str] = ()
+    remote: str | None = None
+
+    @classmethod
+    def from_target(
+        cls,
+        target: str,
+        headers: Sequence[tuple[str, str]] = (),
+        subprotocols: Sequence[str] = (),
+        remote: str | None = None,
+    ) -> UpgradeRequest:
+        """Build from the request target (``/path?query``) and raw header pairs."""
+        parts = urlsplit(target)
+        query: dict[str, str] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            query.setdefault(key, value)
+        return cls(
+            path=parts.path or "/",
+            query=query,
+            headers=tuple((k.lower(), v) for k, v in headers),
+            subprotocols=tuple(subprotocols),
+            remote=remote,
+        )
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name`` (case-insensitive)."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    @property
+    def token(self) -> str | None:
+        """The client's token: the ``access_token`` query parameter, else a ``bearer.<token>``
+        subprotocol (protocol.md §7)."""
+        token = self.query.get("access_token")
+        if token:
+            return token
+        for offered in self.subprotocols:
+            if offered.startswith("bearer.") and len(offered) > len("bearer."):
+                return offered[len("bearer.") :]
+        return None
+
+
+def select_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> str | None:
+    """The first offered subprotocol the server speaks, else an offered ``bearer.*`` one.
+
+    Browsers fail the handshake when they offered subprotocols and none is
+    selected, so a client that only offered its bearer token gets that back.
+    """
+    for candidate in offered:
+        if candidate in supported:
+            return candidate
+    for candidate in offered:
+        if candidate.startswith("bearer."):
+            return candidate
+    return None
+
+
+class Transport(Protocol):
+    """One accepted WebSocket, as the connection runtime uses it."""
+
+    @property
+    def request(self) -> UpgradeRequest: ...
+
+    async def receive(self) -> str | bytes:
+        """The next message. Raises ``ConnectionClosed`` once the socket is closed; a
+        message over the size limit closes the socket with 1009 and raises
+        ``ConnectionClosed(1009)``."""
+        ...
+
+    async def send(self, messages: Sequence[str]) -> None:
+        """Send text frames in order. Raises ``ConnectionClosed`` if the socket is gone."""
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start (or finish) the close handshake. Idempotent; never raises."""
+        ...
+
+    async def ping(self) -> None:
+        """Send a protocol ping and return when its pong arrives."""
+        ...
+
+
+@attrs.frozen
+class Accepted:
+    """The server's answer to an upgrade: accept, with this data and subprotocol."""
+
+    data: object
+    subprotocol: str | None
+
+
+@attrs.frozen
+class Rejected:
+    """The server's answer to an upgrade: refuse with an HTTP status and a short body."""
+
+    status: int
+    body: str

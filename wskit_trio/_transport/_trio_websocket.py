@@ -1,0 +1,116 @@
+"""The trio-websocket adapter: its exceptions become ours here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+import trio_websocket
+
+from .._errors import ConnectionClosed
+from . import Accepted, Rejected, UpgradeRequest
+
+__all__ = ["TrioWebsocketTransport", "serve_trio_websocket"]
+
+
+def _closed(exc: trio_websocket.ConnectionClosed) -> ConnectionClosed:
+    reason = exc.reason
+    if reason is None:
+        return ConnectionClosed(1006, "")
+    return ConnectionClosed(reason.code, reason.reason or "")
+
+
+class TrioWebsocketTransport:
+    """A :class:`~wskit_trio._transport.Transport` over a trio-websocket connection."""
+
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        request: UpgradeRequest,
+        max_message_bytes: int,
+    ) -> None:
+        self._ws = ws
+        self._request = request
+        self._max_bytes = max_message_bytes
+
+    @property
+    def request(self) -> UpgradeRequest:
+        return self._request
+
+    async def receive(self) -> str | bytes:
+        try:
+            message = await self._ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed(exc) from None
+        # trio-websocket counts characters of text frames; the limit is in bytes.
+        # A str of n code points has at most 4n UTF-8 bytes, so most frames skip encoding.
+        if (
+            isinstance(message, str)
+            and len(message) * 4 > self._max_bytes
+            and len(message.encode("utf-8")) > self._max_bytes
+        ):
+            await self.close(1009, "Message too big")
+            raise ConnectionClosed(1009, "Message too big")
+        return message
+
+    async def send(self, messages: Sequence[str]) -> None:
+        try:
+            for message in messages:
+                await self._ws.send_message(message)
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._ws.aclose(code, reason)
+
+    async def ping(self) -> None:
+        try:
+            await self._ws.ping()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+
+async def serve_trio_websocket(
+    listeners: Sequence[trio.SocketListener | trio.SSLListener[trio.SocketStream]],
+    *,
+    decide: Callable[[UpgradeRequest], Awaitable[Accepted | Rejected]],
+    run_connection: Callable[[TrioWebsocketTransport, object], Awaitable[None]],
+    handler_nursery: trio.Nursery,
+    max_message_bytes: int,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept WebSockets on ``listeners`` until cancelled; connections run in
+    ``handler_nursery``, so stopping the accept loop leaves them running."""
+
+    async def handle(request: trio_websocket.WebSocketRequest) -> None:
+        remote = request.remote
+        upgrade = UpgradeRequest.from_target(
+            request.path,
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers],
+            request.proposed_subprotocols,
+            str(remote) if remote else None,
+        )
+        decision = await decide(upgrade)
+        if isinstance(decision, Rejected):
+            await request.reject(
+                decision.status,
+                extra_headers=[(b"content-type", b"text/plain; charset=utf-8")],
+                body=decision.body.encode("utf-8"),
+            )
+            return
+        try:
+            ws = await request.accept(subprotocol=decision.subprotocol)
+        except trio_websocket.ConnectionClosed:
+            return
+        transport = TrioWebsocketTransport(ws, upgrade, max_message_bytes)
+        await run_connection(transport, decision.data)
+
+    server = trio_websocket.WebSocketServer(
+        handle,
+        listeners,
+        handler_nursery=handler_nursery,
+        # Characters ≤ bytes: this catches most oversize frames early; ``receive``
+        # checks the exact byte count.
+        max_message_size=max_message_bytes,
+    )
+    await server.run(task_status=task_status)  # type: ignore[arg-type]
