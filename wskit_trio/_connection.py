@@ -20,7 +20,7 @@ import trio
 from ._config import Heartbeat, Limits
 from ._context import ConnectionContext, Context, RpcContext
 from ._errors import CloseError, ConnectionClosed, WsKitError
-from ._outbound import FrameKind, Outbox
+from ._outbound import Outbox
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
 from ._router import CompiledRouter, Route, maybe_await, run_chain
@@ -275,9 +275,7 @@ class Connection(Generic[D]):
         rpc: bool = False,
     ) -> None:
         await self.outbox.put(
-            frames.encode_error(
-                code, message, details, correlation_id=correlation_id, rpc=rpc
-            )
+            frames.encode_error(code, message, details, correlation_id=correlation_id, rpc=rpc)
         )
         await self.router.report(WsKitError(code, message, details), self.context)
 

@@ -157,9 +157,7 @@ class Context(ConnectionContext[D], Generic[P, D]):
 
     __slots__ = ("meta", "payload", "received_at", "type")
 
-    def __init__(
-        self, conn: Connection[D], type: str, payload: P, meta: dict[str, Any]
-    ) -> None:
+    def __init__(self, conn: Connection[D], type: str, payload: P, meta: dict[str, Any]) -> None:
         super().__init__(conn)
         self.type = type
         self.payload = payload

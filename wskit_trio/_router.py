@@ -143,9 +143,7 @@ class Router(Generic[D]):
             raise ConfigurationError(f"router.rpc() takes an rpc() schema, got {schema!r}")
 
         def register(fn: RpcHandler[Req, Res, D]) -> RpcHandler[Req, Res, D]:
-            self._add(
-                Route(schema.type, schema.request, fn, tuple(middleware), schema.response)
-            )
+            self._add(Route(schema.type, schema.request, fn, tuple(middleware), schema.response))
             return fn
 
         return register if handler is None else register(handler)
@@ -291,5 +289,3 @@ async def _step(
         await _step(chain, index + 1, handler, ctx)
 
     await chain[index](ctx, next_)
-
-

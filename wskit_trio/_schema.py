@@ -61,7 +61,9 @@ class MessageSchema(Generic[P]):
         cls = self.payload_cls
         if cls is None:
             if payload is not None:
-                raise OutboundValidationError(self.type, [("$.payload", "this message has no payload")])
+                raise OutboundValidationError(
+                    self.type, [("$.payload", "this message has no payload")]
+                )
             return None
         assert self.structure_payload is not None
         if isinstance(payload, Mapping):
@@ -114,7 +116,7 @@ def _payload_class(type: str, payload: Any) -> type | None:
         return _class_from_fields(type, payload)
     if not (inspect.isclass(payload) and attrs.has(payload)):
         raise ConfigurationError(f"payload of {type!r} must be an attrs class, got {payload!r}")
-    return payload  # type: ignore[no-any-return]
+    return payload
 
 
 def _class_from_fields(type: str, fields: Mapping[str, Any]) -> type:
@@ -129,8 +131,10 @@ def _class_from_fields(type: str, fields: Mapping[str, Any]) -> type:
 
 
 def _admits_none(tp: Any) -> bool:
-    return tp is None or type(None) in typing.get_args(tp) or (
-        isinstance(tp, types.UnionType) and type(None) in tp.__args__
+    return (
+        tp is None
+        or type(None) in typing.get_args(tp)
+        or (isinstance(tp, types.UnionType) and type(None) in tp.__args__)
     )
 
 
@@ -147,7 +151,7 @@ def _meta_class(type: str, meta: Any) -> type | None:
             raise ConfigurationError(
                 f"meta of {type!r} may not declare {key!r}: it is a reserved or standard key"
             )
-    return meta  # type: ignore[no-any-return]
+    return meta
 
 
 @overload

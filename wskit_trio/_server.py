@@ -14,7 +14,7 @@ import signal
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import attrs
 import trio
@@ -34,8 +34,7 @@ D = TypeVar("D")
 
 #: ``authenticate(request)``: sync or async; returns the connection data, ``None`` to
 #: refuse with 401, or raises ``UpgradeRejected(status, body)``.
-Authenticate: TypeAlias = Callable[[UpgradeRequest], "D | None | Awaitable[D | None]"]
-TransportName: TypeAlias = Literal["trio-websocket"]
+Authenticate: TypeAlias = Callable[[UpgradeRequest], "D | Awaitable[D | None] | None"]
 
 
 @attrs.frozen

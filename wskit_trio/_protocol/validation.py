@@ -100,7 +100,16 @@ def wire_name(attribute: str) -> str:
     return head + "".join(word[:1].upper() + word[1:] for word in rest)
 
 
-_SEQUENCES = (list, tuple, set, frozenset, abc.Sequence, abc.MutableSequence, abc.Set, abc.MutableSet)
+_SEQUENCES = (
+    list,
+    tuple,
+    set,
+    frozenset,
+    abc.Sequence,
+    abc.MutableSequence,
+    abc.Set,
+    abc.MutableSet,
+)
 _MAPPINGS = (dict, abc.Mapping, abc.MutableMapping)
 
 
@@ -138,7 +147,7 @@ def make_converter() -> cattrs.Converter:
 
     @conv.register_structure_hook_factory(attrs.has)
     def _attrs_hook(cls: type) -> Callable[[Any, Any], Any]:
-        inner = make_dict_structure_fn(
+        inner: Callable[[Any, Any], Any] = make_dict_structure_fn(
             cls,
             conv,
             _cattrs_forbid_extra_keys=True,
@@ -189,7 +198,7 @@ def make_converter() -> cattrs.Converter:
 
     @conv.register_structure_hook_factory(_is_mapping)
     def _mapping_hook(t: Any) -> Callable[[Any, Any], Any]:
-        inner = conv.gen_structure_mapping(t)
+        inner: Callable[[Any, Any], Any] = conv.gen_structure_mapping(t)
 
         def structure(value: Any, t: Any) -> Any:
             if type(value) is not dict:
@@ -219,9 +228,7 @@ def make_converter() -> cattrs.Converter:
             try:
                 return by_value[(type(value), value)]
             except (KeyError, TypeError):
-                raise StrictTypeError(
-                    f"expected one of {[m.value for m in t]!r}"
-                ) from None
+                raise StrictTypeError(f"expected one of {[m.value for m in t]!r}") from None
 
         return structure
 
@@ -245,8 +252,8 @@ def problems_of(exc: BaseException, path: str) -> Problems:
     if isinstance(exc, IterableValidationError):
         problems: Problems = []
         with_notes, without = exc.group_exceptions()
-        for sub, note in with_notes:
-            index = note.index
+        for sub, item in with_notes:
+            index = item.index
             step = f"[{index}]" if isinstance(index, int) else f".{index}"
             problems.extend(problems_of(sub, path + step))
         for sub in without:

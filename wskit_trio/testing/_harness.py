@@ -98,14 +98,22 @@ class TestClient(Generic[D]):
 
     @overload
     async def send(
-        self, schema: MessageSchema[None], payload: None = None, *, meta: Mapping[str, Any] | None = None
+        self,
+        schema: MessageSchema[None],
+        payload: None = None,
+        *,
+        meta: Mapping[str, Any] | None = None,
     ) -> None: ...
     @overload
     async def send(
         self, schema: MessageSchema[P], payload: P, *, meta: Mapping[str, Any] | None = None
     ) -> None: ...
     async def send(
-        self, schema: MessageSchema[Any], payload: Any = None, *, meta: Mapping[str, Any] | None = None
+        self,
+        schema: MessageSchema[Any],
+        payload: Any = None,
+        *,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         """Send a message of ``schema`` (payload unstructured to wire JSON)."""
         frame: dict[str, Any] = {"type": schema.type, "meta": dict(meta or {})}
@@ -138,8 +146,10 @@ class TestClient(Generic[D]):
 
     async def receive(self) -> Frame:
         """The next frame. Raises ``ConnectionClosed`` once closed and drained."""
-        data = await self._transport.receive()
-        raw = _json.loads(data)
+        return self._parse(await self._transport.receive())
+
+    def _parse(self, data: str | bytes) -> Frame:
+        raw = _json.loads(data if isinstance(data, str) else data.decode("utf-8"))
         frame = Frame(raw["type"], raw.get("meta", {}), raw.get("payload"), raw)
         self.received.append(frame)
         return frame
@@ -166,10 +176,7 @@ class TestClient(Generic[D]):
             data = self._transport._inbound.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             return None
-        raw = _json.loads(data)
-        frame = Frame(raw["type"], raw.get("meta", {}), raw.get("payload"), raw)
-        self.received.append(frame)
-        return frame
+        return self._parse(data)
 
     async def wait_closed(self) -> tuple[int, str]:
         """Read (and keep) frames until the server closes; returns ``(code, reason)``."""
@@ -197,7 +204,7 @@ class TestApp(Generic[D]):
 
     async def connect(
         self,
-        data: D | None = None,
+        data: Any = None,
         *,
         path: str = "/",
         headers: Sequence[tuple[str, str]] = (),
@@ -212,7 +219,7 @@ class TestApp(Generic[D]):
             decision = await self.server.decide(request)
             if isinstance(decision, Rejected):
                 raise UpgradeRejected(decision.status, decision.body)
-            data = decision.data  # type: ignore[assignment]
+            data = decision.data
         server_end, client_end = memory_pair(
             request,
             max_message_bytes=self.server.limits.max_message_bytes,
@@ -222,7 +229,7 @@ class TestApp(Generic[D]):
         box: list[Connection[D]] = []
 
         async def run() -> None:
-            conn = Connection(
+            conn: Connection[D] = Connection(
                 self.server._router, server_end, data, self.server.limits, self.server._heartbeat
             )
             box.append(conn)
