@@ -7,6 +7,7 @@ from ._errors import (
     ConfigurationError,
     ConnectionClosed,
     OutboundValidationError,
+    RateLimited,
     UpgradeRejected,
     WsKitError,
 )
@@ -16,6 +17,16 @@ from ._router import Middleware, Next, Router
 from ._schema import MessageSchema, RpcSchema, message, rpc
 from ._server import Server, ServerStatistics, serve
 from ._transport import UpgradeRequest
+from .middleware import Metrics, MetricsStatistics, log_messages, require_auth
+from .pubsub import MemoryPubSub, PublishResult, TopicPolicy, with_pubsub
+from .ratelimit import (
+    MemoryRateLimiter,
+    RateLimitDecision,
+    RateLimiter,
+    key_per_user,
+    key_per_user_per_type,
+    rate_limit,
+)
 
 __all__ = [
     "ERROR_CODE_META",
@@ -27,22 +38,37 @@ __all__ = [
     "ErrorCode",
     "Heartbeat",
     "Limits",
+    "MemoryPubSub",
+    "MemoryRateLimiter",
     "MessageSchema",
+    "Metrics",
+    "MetricsStatistics",
     "Middleware",
     "Next",
     "OutboundValidationError",
+    "PublishResult",
     "QueuePolicy",
+    "RateLimitDecision",
+    "RateLimited",
+    "RateLimiter",
     "Router",
     "RpcContext",
     "RpcSchema",
     "Server",
     "ServerStatistics",
+    "TopicPolicy",
     "UpgradeRejected",
     "UpgradeRequest",
     "WsKitError",
+    "key_per_user",
+    "key_per_user_per_type",
+    "log_messages",
     "message",
+    "rate_limit",
+    "require_auth",
     "rpc",
     "serve",
+    "with_pubsub",
 ]
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ import trio
 from ._config import Heartbeat, Limits
 from ._context import ConnectionContext, Context, RpcContext
 from ._errors import CloseError, ConnectionClosed, WsKitError
-from ._outbound import Outbox
+from ._outbound import FrameKind, Outbox
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
 from ._router import CompiledRouter, Route, maybe_await, run_chain
@@ -61,9 +61,15 @@ class Connection(Generic[D]):
         self.context: ConnectionContext[D] = ConnectionContext(self)
         #: In-flight RPCs by correlationId.
         self.rpcs: dict[str, RpcContext[Any, Any, D]] = {}
+        #: Topics this connection subscribes to (kept by the pub/sub hub).
+        self.topics: set[str] = set()
         self._rpcs_idle = trio.Event()
         self._rpcs_idle.set()
         self._nursery: trio.Nursery | None = None
+        #: Set by ``shutdown``: new RPCs are refused with UNAVAILABLE.
+        self._draining = False
+        #: Set once ``run`` has returned (every task ended, ``on_close`` ran).
+        self._finished = trio.Event()
         self._close_code = 1000
         self._close_reason = ""
         #: How the connection ended, once it has: (code, reason).
@@ -73,6 +79,8 @@ class Connection(Generic[D]):
 
     async def run(self) -> None:
         """Serve the connection until either side closes it, then run ``on_close``."""
+        if self.router.observer is not None:
+            self.router.observer.connection_opened()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -87,9 +95,15 @@ class Connection(Generic[D]):
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self.limits.close_timeout):
                     await self.transport.close(self._close_code, self._close_reason)
+                if self.topics:
+                    with trio.move_on_after(self.limits.close_timeout):
+                        await self.router.pubsub.remove_connection(self)
                 if self.closed is None:
                     self.closed = (self._close_code, self._close_reason)
+                if self.router.observer is not None:
+                    self.router.observer.connection_closed()
                 await self._run_close_hooks()
+            self._finished.set()
 
     def close_soon(self, code: int = 1000, reason: str = "") -> None:
         """Close after the frames already queued are sent; no new frames are accepted."""
@@ -106,11 +120,31 @@ class Connection(Generic[D]):
             self._nursery.cancel_scope.cancel()
 
     async def shutdown(self, grace: float) -> None:
-        """Graceful stop: let in-flight RPCs finish for up to ``grace`` seconds, then
-        close with 1001 (which cancels whatever still runs)."""
+        """Graceful stop; returns once the connection has ended.
+
+        New RPCs are refused (``UNAVAILABLE``, retryable); in-flight ones get up to
+        ``grace`` seconds to finish. The rest are cancelled, with nothing more sent
+        for them, and the connection closes with 1001 once the frames already queued
+        are out, or after ``limits.close_timeout`` if the client does not read them.
+        """
+        self._draining = True
         with trio.move_on_after(grace):
             await self._rpcs_idle.wait()
+        self._cancel_rpcs()
         self.close_soon(1001, "server shutting down")
+        if self._nursery is None:
+            return  # never ran
+        with trio.move_on_after(self.limits.close_timeout):
+            await self._finished.wait()
+        self.abort(1001, "server shutting down")
+        await self._finished.wait()
+
+    def _cancel_rpcs(self) -> None:
+        """Cancel every RPC handler and send nothing more for any of them: the close
+        that follows is their answer (no DEADLINE_EXCEEDED, no INTERNAL)."""
+        for ctx in self.rpcs.values():
+            ctx.done = True
+            ctx.cancel_scope.cancel()
 
     async def _open(self) -> bool:
         try:
@@ -141,6 +175,8 @@ class Connection(Generic[D]):
         try:
             while batch := await self.outbox.get_batch():
                 await self.transport.send(batch)
+                if self.router.observer is not None:
+                    self.router.observer.frames_out(batch)
         except ConnectionClosed as exc:
             self.closed = (exc.code, exc.reason)
         else:
@@ -167,6 +203,13 @@ class Connection(Generic[D]):
         await self.router.report(
             WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Outbound queue full"), self.context
         )
+        # Queued frames are dropped; what the writer already holds goes out, then the
+        # 1008 close, so a slow (not dead) client learns why. A client that reads
+        # nothing more is cut off after close_timeout.
+        self._close_code, self._close_reason = 1008, "slow consumer"
+        self.outbox.close(discard=True)
+        self._cancel_rpcs()
+        await trio.sleep(self.limits.close_timeout)
         self.abort(1008, "slow consumer")
 
     async def _heartbeat_loop(self, heartbeat: Heartbeat) -> None:
@@ -176,21 +219,29 @@ class Connection(Generic[D]):
                 await self.transport.ping()
                 continue
             if heartbeat.on_stale is not None:
-                await heartbeat.on_stale(self.context)
-            else:
-                self.abort(1008, "heartbeat timeout")
-                return
+                try:
+                    await heartbeat.on_stale(self.context)
+                    continue
+                except Exception:
+                    log.exception("heartbeat on_stale hook failed; closing with 1008")
+            self.abort(1008, "heartbeat timeout")
+            return
 
     # -- dispatch -----------------------------------------------------------------
 
     async def dispatch(self, data: str | bytes) -> None:
         """Handle one inbound message: answer it per protocol.md §4 or run its route."""
         frame = frames.decode_frame(data)
+        observer = self.router.observer
         if isinstance(frame, frames.FrameError):
+            if observer is not None:
+                observer.frame_in(None, False)
             await self._refuse(frame.code, frame.message, frame.details, frame.correlation_id)
             return
         msg_type = frame.type
         route = self.router.routes.get(msg_type)
+        if observer is not None:
+            observer.frame_in(msg_type, route is not None)
         if route is None:
             await self._dispatch_unrouted(frame)
             return
@@ -213,6 +264,14 @@ class Connection(Generic[D]):
                 ErrorCode.INVALID_ARGUMENT, "RPC request needs meta.correlationId", None, None
             )
             return
+        # Admit RPCs only while the outbound queue has room: each may add a terminal
+        # frame past capacity, so this bounds the queue by capacity + RPCs in flight
+        # even for a client that sends requests and never reads the answers.
+        if not await self.outbox.wait_room():
+            return
+        if self._draining:
+            await self._refuse(ErrorCode.UNAVAILABLE, "Server shutting down", None, cid, rpc=True)
+            return
         if cid in self.rpcs:
             await self._refuse(
                 ErrorCode.INVALID_ARGUMENT, "correlationId already in flight", None, cid, rpc=True
@@ -230,7 +289,8 @@ class Connection(Generic[D]):
             meta.get("timeoutMs")
         )
         self.rpcs[cid] = ctx
-        self._rpcs_idle = trio.Event()
+        if self._rpcs_idle.is_set():
+            self._rpcs_idle = trio.Event()
         assert self._nursery is not None
         self._nursery.start_soon(self._run_rpc, route, ctx)
 
@@ -274,9 +334,14 @@ class Connection(Generic[D]):
         *,
         rpc: bool = False,
     ) -> None:
-        await self.outbox.put(
-            frames.encode_error(code, message, details, correlation_id=correlation_id, rpc=rpc)
-        )
+        frame = frames.encode_error(code, message, details, correlation_id=correlation_id, rpc=rpc)
+        if rpc and correlation_id is not None:
+            # The one answer to an RPC: never dropped, so queued only when there is
+            # room (see ``dispatch``); waiting here back-pressures this client's reader.
+            if await self.outbox.wait_room():
+                self.outbox.put_nowait(frame, FrameKind.TERMINAL)
+        else:
+            await self.outbox.put(frame)
         await self.router.report(WsKitError(code, message, details), self.context)
 
     async def _run_event(self, route: Route, ctx: Context[Any, D]) -> None:

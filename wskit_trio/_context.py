@@ -23,11 +23,12 @@ from ._protocol import frames
 from ._protocol.codes import ErrorCode
 from ._protocol.validation import unstructure
 from ._schema import MessageSchema
+from .pubsub._backend import PublishResult
 
 if TYPE_CHECKING:
     from ._connection import Connection
 
-__all__ = ["ConnectionContext", "Context", "RpcContext"]
+__all__ = ["ConnectionContext", "Context", "RpcContext", "Topics"]
 
 D = TypeVar("D")
 P = TypeVar("P")
@@ -42,6 +43,40 @@ def _dump_meta(meta: Any) -> dict[str, Any]:
     if attrs.has(type(meta)):
         return unstructure(meta)  # type: ignore[no-any-return]
     return dict(meta)
+
+
+class Topics:
+    """One connection's subscriptions (``ctx.topics``).
+
+    ``subscribe`` returns once the backend confirmed the topic, so anything
+    published after it reaches this connection. Refusals raise ``WsKitError``
+    (``INVALID_ARGUMENT``, ``PERMISSION_DENIED``, ``RESOURCE_EXHAUSTED``,
+    ``UNAVAILABLE``), which a handler may let propagate to answer the client.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection[Any]) -> None:
+        self._conn = conn
+
+    async def subscribe(self, topic: str) -> None:
+        await self._conn.router.pubsub.subscribe(self._conn, topic)
+
+    async def unsubscribe(self, topic: str) -> None:
+        await self._conn.router.pubsub.unsubscribe(self._conn, topic)
+
+    def has(self, topic: str) -> bool:
+        return topic in self._conn.topics
+
+    def list(self) -> list[str]:
+        """The subscribed topics, sorted."""
+        return sorted(self._conn.topics)
+
+    def __contains__(self, topic: object) -> bool:
+        return topic in self._conn.topics
+
+    def __len__(self) -> int:
+        return len(self._conn.topics)
 
 
 class ConnectionContext(Generic[D]):
@@ -137,6 +172,59 @@ class ConnectionContext(Generic[D]):
         """Close the connection after the frames already queued have been sent."""
         self._conn.close_soon(code, reason)
 
+    @property
+    def topics(self) -> Topics:
+        """This connection's topic subscriptions."""
+        return Topics(self._conn)
+
+    @overload
+    async def publish(
+        self,
+        topic: str,
+        schema: MessageSchema[None],
+        payload: None = None,
+        *,
+        exclude_self: bool = False,
+        partition_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> PublishResult: ...
+    @overload
+    async def publish(
+        self,
+        topic: str,
+        schema: MessageSchema[T],
+        payload: T,
+        *,
+        exclude_self: bool = False,
+        partition_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> PublishResult: ...
+    async def publish(
+        self,
+        topic: str,
+        schema: MessageSchema[Any],
+        payload: Any = None,
+        *,
+        exclude_self: bool = False,
+        partition_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> PublishResult:
+        """Publish to every subscriber of ``topic``, on every instance.
+
+        The payload is validated first (``OutboundValidationError``, nothing sent);
+        a topic refused by the policy or a backend failure comes back as
+        ``PublishResult(ok=False, error=..., retryable=...)``. ``exclude_self`` skips
+        this connection.
+        """
+        return await self._conn.router.pubsub.publish(
+            topic,
+            schema,
+            payload,
+            meta=meta,
+            exclude=self._conn.client_id if exclude_self else None,
+            ctx=self,
+        )
+
     def _correlation_id(self) -> str | None:
         return None
 
@@ -217,6 +305,7 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
         """Send the response (the response schema's type, with this correlationId)."""
         data = self._response.dump_payload(payload)
         if self.done:
+            await trio.lowlevel.checkpoint()  # still a checkpoint: loops stay cancellable
             return
         self.done = True
         meta = {"correlationId": self._correlation}
@@ -234,10 +323,12 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
         """
         data = self._response.dump_payload(payload)
         if self.done:
+            await trio.lowlevel.checkpoint()  # still a checkpoint: loops stay cancellable
             return
         if throttle_ms is not None:
             now = trio.current_time()
             if (now - self._last_progress) * 1000 < throttle_ms:
+                await trio.lowlevel.checkpoint()
                 return
             self._last_progress = now
         await self._conn.outbox.put(
@@ -246,6 +337,7 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
 
     async def _send_error(self, err: WsKitError) -> None:
         if self.done:
+            await trio.lowlevel.checkpoint()  # still a checkpoint: loops stay cancellable
             return
         self.done = True
         frame = frames.encode_error(

@@ -16,8 +16,12 @@ import attrs
 
 from ._context import ConnectionContext, Context, RpcContext
 from ._errors import ConfigurationError, WsKitError
+from ._observer import Observer
 from ._protocol.frames import is_reserved_type
 from ._schema import MessageSchema, RpcSchema
+from .pubsub._backend import PublishResult
+from .pubsub._hub import PubSubHub
+from .pubsub._memory import MemoryPubSub
 
 __all__ = [
     "ErrorHook",
@@ -75,6 +79,9 @@ class Router(Generic[D]):
         self._on_open: list[LifecycleHook[D]] = []
         self._on_close: list[LifecycleHook[D]] = []
         self._on_error: list[ErrorHook[D]] = []
+        self._pubsub: PubSubHub | None = None
+        #: Sees connections, frames and publishes (``Metrics`` sets it); ``None``: off.
+        self.observer: Observer | None = None
 
     # -- registration -------------------------------------------------------------
 
@@ -222,6 +229,56 @@ class Router(Generic[D]):
         plugin(self)
         return self
 
+    # -- pub/sub --------------------------------------------------------------------
+
+    @property
+    def pubsub(self) -> PubSubHub:
+        """The pub/sub hub: memory unless a plugin (``with_pubsub``) chose a backend."""
+        if self._pubsub is None:
+            self._pubsub = PubSubHub(MemoryPubSub())
+        return self._pubsub
+
+    @pubsub.setter
+    def pubsub(self, hub: PubSubHub) -> None:
+        self._pubsub = hub
+
+    @overload
+    async def publish(
+        self,
+        topic: str,
+        schema: MessageSchema[None],
+        payload: None = None,
+        *,
+        meta: dict[str, Any] | None = None,
+        partition_key: str | None = None,
+    ) -> PublishResult: ...
+    @overload
+    async def publish(
+        self,
+        topic: str,
+        schema: MessageSchema[P],
+        payload: P,
+        *,
+        meta: dict[str, Any] | None = None,
+        partition_key: str | None = None,
+    ) -> PublishResult: ...
+    async def publish(
+        self,
+        topic: str,
+        schema: MessageSchema[Any],
+        payload: Any = None,
+        *,
+        meta: dict[str, Any] | None = None,
+        partition_key: str | None = None,
+    ) -> PublishResult:
+        """Publish to every subscriber of ``topic`` (from hooks or background tasks).
+
+        The payload is validated first (``OutboundValidationError``, nothing sent).
+        ``partition_key`` is an ordering hint for sharded backends; the bundled ones
+        keep per-publisher order without it.
+        """
+        return await self.pubsub.publish(topic, schema, payload, meta=meta)
+
     # -- introspection ------------------------------------------------------------
 
     @property
@@ -235,8 +292,15 @@ class Router(Generic[D]):
             t: attrs.evolve(r, middleware=(*self._middleware, *r.middleware))
             for t, r in self._routes.items()
         }
+        if self.observer is not None:
+            self.pubsub.observer = self.observer
         return CompiledRouter(
-            routes, tuple(self._on_open), tuple(self._on_close), tuple(self._on_error)
+            routes,
+            tuple(self._on_open),
+            tuple(self._on_close),
+            tuple(self._on_error),
+            self.pubsub,
+            self.observer,
         )
 
 
@@ -246,6 +310,8 @@ class CompiledRouter(Generic[D]):
     on_open: tuple[LifecycleHook[D], ...]
     on_close: tuple[LifecycleHook[D], ...]
     on_error: tuple[ErrorHook[D], ...]
+    pubsub: PubSubHub
+    observer: Observer | None = None
 
     async def report(self, error: WsKitError, ctx: ConnectionContext[D]) -> None:
         """Pass ``error`` to every ``on_error`` hook; a failing hook is logged, not raised."""

@@ -64,6 +64,9 @@ class Server(Generic[D]):
         self.connections: set[Connection[D]] = set()
         self._stop = trio.Event()
         self._stopped = trio.Event()
+        #: Set once shutdown began: connections that finish their handshake after it
+        #: are closed with 1001 at once.
+        self._closing = False
         self._grace = limits.shutdown_grace
         self._accepted = 0
         self._rejected = 0
@@ -112,22 +115,34 @@ class Server(Generic[D]):
 
     async def run_connection(self, transport: Transport, data: Any) -> None:
         """Serve one accepted WebSocket until it closes."""
+        if self._closing:
+            with trio.move_on_after(self.limits.close_timeout):
+                await transport.close(1001, "server shutting down")
+            return
         conn: Connection[D] = Connection(
             self._router, transport, data, self.limits, self._heartbeat
         )
         self.connections.add(conn)
         try:
             await conn.run()
+        except Exception:
+            # A bug in one connection must not take the server (and every other
+            # connection) down with it: connections run in the server's nursery.
+            log.exception("connection %s failed", conn.client_id)
         finally:
             self.connections.discard(conn)
 
     async def _shutdown_connections(self) -> None:
+        """Shut every connection down gracefully (``Connection.shutdown``), at once, and
+        return when they have all ended."""
+        self._closing = True
         async with trio.open_nursery() as nursery:
             for conn in list(self.connections):
                 nursery.start_soon(conn.shutdown, self._grace)
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
                 self._stop.set()
@@ -142,29 +157,42 @@ class Server(Generic[D]):
         task_status: trio.TaskStatus[Server[D]],
     ) -> None:
         try:
-            async with trio.open_nursery() as connections:
-                listeners: list[Any] = list(await trio.open_tcp_listeners(port, host=host))
-                if ssl_context is not None:
-                    listeners = [trio.SSLListener(lst, ssl_context) for lst in listeners]
-                sock = (listeners[0].transport_listener if ssl_context else listeners[0]).socket
-                self.host, self.port = sock.getsockname()[:2]
-                async with trio.open_nursery() as accepting:
-                    await accepting.start(
-                        lambda task_status: serve_trio_websocket(
-                            listeners,
-                            decide=self.decide,
-                            run_connection=self.run_connection,
-                            handler_nursery=connections,
-                            max_message_bytes=self.limits.max_message_bytes,
-                            task_status=task_status,
+            async with trio.open_nursery() as services:
+                # The pub/sub backend outlives every connection (they unsubscribe
+                # on close), so it runs in a nursery around theirs.
+                await services.start(self._router.pubsub.backend.run)
+                async with trio.open_nursery() as connections:
+                    listeners: list[Any] = list(await trio.open_tcp_listeners(port, host=host))
+                    if ssl_context is not None:
+                        listeners = [trio.SSLListener(lst, ssl_context) for lst in listeners]
+                    first = listeners[0].transport_listener if ssl_context else listeners[0]
+                    self.host, self.port = first.socket.getsockname()[:2]
+                    async with trio.open_nursery() as accepting:
+                        await accepting.start(
+                            lambda task_status: serve_trio_websocket(
+                                listeners,
+                                decide=self.decide,
+                                run_connection=self.run_connection,
+                                handler_nursery=connections,
+                                max_message_bytes=self.limits.max_message_bytes,
+                                task_status=task_status,
+                            )
                         )
+                        if handle_signals and threading.current_thread() is threading.main_thread():
+                            await accepting.start(self._watch_signals)
+                        log.info("listening on %s", self.url)
+                        task_status.started(self)
+                        await self._stop.wait()
+                        accepting.cancel_scope.cancel()
+                    # Stop accepting: new clients are refused at once, not left hanging.
+                    for listener in listeners:
+                        await listener.aclose()
+                    await self._shutdown_connections()
+                    # Upgrades still in their handshake get close_timeout, then are cut.
+                    connections.cancel_scope.deadline = (
+                        trio.current_time() + self.limits.close_timeout
                     )
-                    if handle_signals and threading.current_thread() is threading.main_thread():
-                        accepting.start_soon(self._watch_signals)
-                    task_status.started(self)
-                    await self._stop.wait()
-                    accepting.cancel_scope.cancel()
-                await self._shutdown_connections()
+                services.cancel_scope.cancel()
         finally:
             self._stopped.set()
 

@@ -190,6 +190,11 @@ class TestClient(Generic[D]):
         """Close from the client side (the server runs ``on_close``)."""
         await self._transport.close(code, reason)
 
+    def drop(self) -> None:
+        """Vanish without a close handshake, like a dropped TCP connection: the
+        server sees close code 1006."""
+        self._transport.drop()
+
 
 class TestApp(Generic[D]):
     """A router served in memory. Connect clients with :meth:`connect`."""
@@ -245,12 +250,13 @@ class TestApp(Generic[D]):
         return TestClient(client_end, box[0])
 
     async def shutdown(self, grace: float | None = None) -> None:
-        """Graceful shutdown of every connection, as ``Server.aclose`` does."""
-        async with trio.open_nursery() as nursery:
-            for conn in list(self.server.connections):
-                nursery.start_soon(
-                    conn.shutdown, self.server.limits.shutdown_grace if grace is None else grace
-                )
+        """Graceful shutdown of every connection, as ``Server.aclose`` does: new RPCs
+        are refused, in-flight ones get ``grace`` seconds (default
+        ``limits.shutdown_grace``), then every connection closes with 1001. Returns
+        once every connection has ended and its ``on_close`` hooks ran."""
+        if grace is not None:
+            self.server._grace = grace
+        await self.server._shutdown_connections()
 
 
 @asynccontextmanager
@@ -273,15 +279,20 @@ async def open_test_app(
         limits=limits or Limits(),
         heartbeat=heartbeat,
     )
-    async with trio.open_nursery() as nursery:
-        app = TestApp(server, nursery)
+    async with trio.open_nursery() as services:
+        await services.start(server._router.pubsub.backend.run)
+        async with trio.open_nursery() as nursery:
+            app = TestApp(server, nursery)
 
-        def capture(error: WsKitError, ctx: ConnectionContext[D]) -> None:
-            app.errors.append(error)
+            def capture(error: WsKitError, ctx: ConnectionContext[D]) -> None:
+                app.errors.append(error)
 
-        server._router = attrs.evolve(server._router, on_error=(*server._router.on_error, capture))
-        try:
-            yield app
-        finally:
-            for conn in list(server.connections):
-                conn.abort(1001, "test app closed")
+            server._router = attrs.evolve(
+                server._router, on_error=(*server._router.on_error, capture)
+            )
+            try:
+                yield app
+            finally:
+                for conn in list(server.connections):
+                    conn.abort(1001, "test app closed")
+        services.cancel_scope.cancel()
