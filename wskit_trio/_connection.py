@@ -180,6 +180,11 @@ class Connection(Generic[D]):
         except ConnectionClosed as exc:
             self.closed = (exc.code, exc.reason)
         else:
+            if self._nursery.cancel_scope.cancel_called:
+                # ``abort``: ``run`` closes, shielded. A close started here would be
+                # cancelled at once, and a cancelled close drops the TCP connection
+                # without a close frame.
+                return
             # Closed on our side and drained: now the close handshake.
             with trio.move_on_after(self.limits.close_timeout):
                 await self.transport.close(self._close_code, self._close_reason)

@@ -4,11 +4,19 @@ The tree, named by who is at fault::
 
     Exception
     ├── WsKitError                 the peer or the app answers with a protocol error code
+    │   ├── RateLimited            a rate limit refused a message (RESOURCE_EXHAUSTED)
+    │   ├── RpcError               client: the server answered a request with an error
+    │   └── RequestTimeout         client: no answer in time (also a TimeoutError)
     ├── CloseError                 an on_open hook refuses a connection with a close code
     ├── UpgradeRejected            authenticate refuses the HTTP upgrade with a status
     ├── ConnectionClosed           the WebSocket is gone; the operation cannot complete
-    └── ConfigurationError         the application wired something up wrong
-        (also a TypeError: ValidationError for outbound payloads is a ValueError)
+    │   ├── ConnectError           client: the WebSocket could not be opened (refused, 401...)
+    │   └── FrameDropped           client: offline, and the offline queue refused the frame
+    ├── ConfigurationError         the application wired something up wrong
+    │   (also a TypeError: ValidationError for outbound payloads is a ValueError, and
+    │   so is InboundValidationError: the client got a frame that breaks its schema)
+    ├── ValkeyError                Valkey answered a command with an error reply
+    └── ValkeyUnavailable          Valkey cannot be reached (refused, lost, timed out)
 
 This module imports nothing from trio, so the sans-IO protocol core can use it.
 """
@@ -17,15 +25,23 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ._protocol.codes import ERROR_CODE_META, NOT_GIVEN, ErrorCode
+from ._protocol.codes import ERROR_CODE_META, NOT_GIVEN, ErrorCode, is_retryable
 
 __all__ = [
     "UNSET",
     "CloseError",
     "ConfigurationError",
+    "ConnectError",
     "ConnectionClosed",
+    "FrameDropped",
+    "InboundValidationError",
     "OutboundValidationError",
+    "RateLimited",
+    "RequestTimeout",
+    "RpcError",
     "UpgradeRejected",
+    "ValkeyError",
+    "ValkeyUnavailable",
     "WsKitError",
 ]
 
@@ -63,6 +79,34 @@ class WsKitError(Exception):
 
     def __repr__(self) -> str:
         return f"WsKitError({str(self.code)!r}, {self.message!r}, {self.details!r})"
+
+
+class RateLimited(WsKitError):
+    """A rate limit refused a message: the client sent too much, too fast.
+
+    Sent as ``RESOURCE_EXHAUSTED`` (retryable) with details ``{cost, capacity,
+    remaining}`` and ``retryAfterMs``: the client should wait that long and retry.
+    """
+
+    def __init__(
+        self,
+        *,
+        cost: int,
+        capacity: int,
+        remaining: int,
+        retry_after_ms: int | None,
+        message: str = "Rate limit exceeded",
+    ) -> None:
+        super().__init__(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            message,
+            {"cost": cost, "capacity": capacity, "remaining": remaining},
+            retryable=True,
+            retry_after_ms=retry_after_ms,
+        )
+        self.cost = cost
+        self.capacity = capacity
+        self.remaining = remaining
 
 
 class CloseError(Exception):
@@ -111,3 +155,127 @@ class OutboundValidationError(ValueError):
         self.errors = errors
         listed = "; ".join(f"{p}: {m}" for p, m in errors)
         super().__init__(f"invalid outbound {type} payload: {listed}")
+
+
+class ValkeyError(Exception):
+    """Valkey answered a command with an error reply (the command, script or data is
+    at fault, not the connection, which stays usable).
+
+    ``message`` is the server's text, e.g. ``"NOSCRIPT No matching script..."``;
+    ``kind`` its first word (``"NOSCRIPT"``, ``"WRONGTYPE"``, ``"ERR"``...).
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.kind = message.split(" ", 1)[0]
+        super().__init__(message)
+
+
+class ValkeyUnavailable(Exception):
+    """Valkey cannot be reached: the connection was refused, was lost or timed out.
+
+    Nothing is wrong with the command; the connection that raised it is unusable.
+    Try again later (on a new connection).
+    """
+
+
+# -- the client's errors (wskit_trio.client) ------------------------------------------
+
+
+class RpcError(WsKitError):
+    """The server answered with an error frame (``RPC_ERROR``, or ``ERROR``).
+
+    ``request()`` raises it for its request; an ``ERROR`` that answers no request
+    goes to the client's ``on_error``. ``code``, ``message`` and ``details`` are
+    the server's. ``retryable`` is the wire value, else the code's default
+    (protocol.md §6). ``retry_after_ms`` keeps :class:`WsKitError`'s meaning, so
+    a server handler that lets an ``RpcError`` from an upstream call propagate
+    passes the same hints on: an int is the server's wait hint in ms, ``None``
+    means "do not retry" (the server sent ``null``, or the error is not
+    retryable), and for a retryable error without a hint it is the code's
+    suggested backoff (``UNSET`` for custom codes). :attr:`should_retry` sums it up.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode | str,
+        message: str | None = None,
+        details: dict[str, Any] | None = None,
+        *,
+        retryable: bool | None = None,
+        retry_after_ms: int | None = UNSET,
+        type: str | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        resolved = is_retryable(str(code), retryable)
+        if retry_after_ms is UNSET:
+            meta = ERROR_CODE_META.get(str(code))
+            if not resolved:
+                retry_after_ms = None
+            elif meta is not None and meta.backoff_ms is not None:
+                retry_after_ms = meta.backoff_ms
+        super().__init__(code, message, details, retryable=resolved, retry_after_ms=retry_after_ms)
+        self.retryable: bool = resolved
+        #: The request's type (``None`` for an ``ERROR`` that answers no request).
+        self.type = type
+        self.correlation_id = correlation_id
+
+    @property
+    def should_retry(self) -> bool:
+        """Retryable, and the server did not say "never" (``retryAfterMs: null``)."""
+        return self.retryable and self.retry_after_ms is not None
+
+    def __repr__(self) -> str:
+        return f"RpcError({str(self.code)!r}, {self.message!r}, {self.details!r})"
+
+
+class RequestTimeout(WsKitError, TimeoutError):
+    """A request got no answer within its ``timeout`` (the client gave up).
+
+    The client told the server with ``$ws:abort``. Code ``DEADLINE_EXCEEDED``;
+    also a :class:`TimeoutError`, so ``except TimeoutError`` catches it.
+    """
+
+    def __init__(self, type: str, timeout: float, correlation_id: str | None = None) -> None:
+        super().__init__(ErrorCode.DEADLINE_EXCEEDED, f"{type}: no answer within {timeout:g} s")
+        self.type = type
+        self.timeout = timeout
+        self.correlation_id = correlation_id
+
+
+class InboundValidationError(ValueError):
+    """The server sent a frame that is not valid JSON, or breaks its schema.
+
+    The client dropped it and reported it to ``on_error``; a reply that breaks the
+    response schema fails its request with this. ``errors`` lists ``(path, message)``.
+    """
+
+    def __init__(self, type: str | None, errors: list[tuple[str, str]]) -> None:
+        self.type = type
+        self.errors = errors
+        listed = "; ".join(f"{p}: {m}" for p, m in errors)
+        super().__init__(f"invalid inbound {type or 'frame'}: {listed}")
+
+
+class ConnectError(ConnectionClosed):
+    """The client could not open the WebSocket: refused, unreachable, timed out, or
+    rejected at the upgrade (``status`` is the HTTP status then, e.g. 401 for a bad
+    token, and ``body`` the server's short explanation)."""
+
+    def __init__(self, url: str, reason: str, *, status: int | None = None, body: str = "") -> None:
+        super().__init__(1006, reason)
+        self.url = url
+        self.status = status
+        self.body = body
+        self.args = (f"cannot connect to {url}: {reason}",)
+
+
+class FrameDropped(ConnectionClosed):
+    """The client is not connected and its offline queue refused the frame (the
+    queue is full, or ``"off"``), or evicted it to make room (``"drop_oldest"``).
+    Nothing was sent."""
+
+    def __init__(self, type: str, reason: str) -> None:
+        super().__init__(1006, reason)
+        self.type = type
+        self.args = (f"{type} dropped: {reason}",)

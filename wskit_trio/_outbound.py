@@ -2,16 +2,22 @@
 
 Every frame a connection sends goes through one :class:`Outbox` to one writer
 task, so frames keep their order and a slow client costs at most ``capacity``
-frames of memory. What happens when the queue is full is the policy:
+frames of memory: frames the writer has taken count until the transport has
+taken them all. What happens when the queue is full is the policy:
 
 * ``"wait"``: the sender waits for room (back-pressure into the handler).
 * ``"drop_oldest"``: the oldest progress frame is dropped, else the oldest
   plain frame; the sender never waits.
-* ``"close"``: the slow client is closed with 1008.
+* ``"close"``: the slow client is closed with 1008: queued frames are dropped,
+  what the writer already holds goes out, then the close frame (the connection
+  cuts off a client that reads nothing more after ``close_timeout``).
 
 Terminal RPC frames (replies and RPC errors) are never dropped and never wait:
 they may exceed ``capacity``, bounded by the limit on RPCs in flight. So a
-reply cannot be lost to a deadline that expires while it waits for room.
+reply cannot be lost to a deadline that expires while it waits for room. The
+connection admits a new RPC (and queues its refusals) only after
+:meth:`Outbox.wait_room`, so the queue never holds more than ``capacity`` plus
+one terminal frame per RPC in flight, whatever the client does.
 """
 
 from __future__ import annotations
@@ -36,10 +42,13 @@ class FrameKind(enum.IntEnum):
 
 @attrs.frozen
 class OutboxStatistics:
+    #: Frames held: queued, or taken by the writer and not yet sent.
     queued: int
     capacity: int
     dropped: int
     sent: int
+    #: The most frames ever queued at once (≤ capacity + RPCs in flight).
+    high_water: int = 0
 
 
 class Outbox:
@@ -51,6 +60,8 @@ class Outbox:
         self.capacity = capacity
         self.policy: QueuePolicy = policy
         self._frames: deque[tuple[str, FrameKind]] = deque()
+        #: Frames of the batch the writer is sending (still held, so still counted).
+        self._writing = 0
         self._readable = trio.lowlevel.ParkingLot()
         self._writable = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -58,16 +69,18 @@ class Outbox:
         self.overflowed = trio.Event()
         self.dropped = 0
         self.sent = 0
+        self.high_water = 0
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def __len__(self) -> int:
-        return len(self._frames)
+        """Frames held: queued, or taken by the writer and not yet sent."""
+        return len(self._frames) + self._writing
 
     def statistics(self) -> OutboxStatistics:
-        return OutboxStatistics(len(self._frames), self.capacity, self.dropped, self.sent)
+        return OutboxStatistics(len(self), self.capacity, self.dropped, self.sent, self.high_water)
 
     def put_nowait(self, frame: str, kind: FrameKind = FrameKind.PLAIN) -> bool:
         """Queue without waiting. Returns ``False`` if the frame was not queued.
@@ -77,7 +90,7 @@ class Outbox:
         """
         if self._closed:
             return False
-        if len(self._frames) >= self.capacity and kind is not FrameKind.TERMINAL:
+        if len(self) >= self.capacity and kind is not FrameKind.TERMINAL:
             if self.policy == "close":
                 self.overflowed.set()
                 self.dropped += 1
@@ -86,20 +99,44 @@ class Outbox:
                 self.dropped += 1
                 return False
         self._frames.append((frame, kind))
+        self.high_water = max(self.high_water, len(self))
         self._readable.unpark()
         return True
 
     async def put(self, frame: str, kind: FrameKind = FrameKind.PLAIN) -> bool:
         """Queue a frame, applying the policy when full. Returns ``False`` if dropped
-        or the outbox is closed."""
-        while (
-            self.policy == "wait"
-            and kind is not FrameKind.TERMINAL
-            and len(self._frames) >= self.capacity
-            and not self._closed
-        ):
+        or the outbox is closed.
+
+        Always a schedule point, so a handler sending in a loop lets the writer (and
+        everyone else) run. A non-terminal frame is also a cancel point before it is
+        queued; a terminal frame, once asked for, is queued whatever happens.
+        """
+        if kind is not FrameKind.TERMINAL:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self.policy == "wait" and len(self) >= self.capacity and not self._closed:
+                while len(self) >= self.capacity and not self._closed:
+                    await self._writable.park()
+                return self.put_nowait(frame, kind)
+        queued = self.put_nowait(frame, kind)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return queued
+
+    async def wait_room(self) -> bool:
+        """Wait until the queue is below capacity, before queueing frames the policy
+        may not drop (RPC answers, and admitting an RPC whose reply will be one).
+
+        Under ``"drop_oldest"`` a droppable frame is evicted rather than waited for;
+        under ``"close"`` a full queue overflows (the connection closes). Returns
+        ``False`` when nothing should be queued: overflowed or closed.
+        """
+        while len(self) >= self.capacity and not self._closed:
+            if self.policy == "close":
+                self.overflowed.set()
+                return False
+            if self.policy == "drop_oldest" and self._evict_one():
+                continue
             await self._writable.park()
-        return self.put_nowait(frame, kind)
+        return not self._closed
 
     def _evict_one(self) -> bool:
         for wanted in (FrameKind.PROGRESS, FrameKind.PLAIN):
@@ -113,20 +150,29 @@ class Outbox:
     async def get_batch(self) -> list[str]:
         """Wait for at least one frame, then take every queued frame, in order.
 
-        Returns ``[]`` once the outbox is closed and drained.
+        The writer calls this again only once the transport has taken the previous
+        batch; until then that batch still counts against ``capacity``. Returns
+        ``[]`` once the outbox is closed and drained.
         """
+        if self._writing:
+            self.sent += self._writing
+            self._writing = 0
+            self._writable.unpark_all()
         while not self._frames:
             if self._closed:
                 return []
             await self._readable.park()
         batch = [frame for frame, _ in self._frames]
         self._frames.clear()
-        self.sent += len(batch)
-        self._writable.unpark_all()
+        self._writing = len(batch)
         return batch
 
-    def close(self) -> None:
-        """No more frames are accepted; the writer drains what is queued and stops."""
+    def close(self, *, discard: bool = False) -> None:
+        """No more frames are accepted; the writer drains what is queued and stops.
+        With ``discard``, queued frames are dropped instead (not those the writer holds)."""
         self._closed = True
+        if discard:
+            self.dropped += len(self._frames)
+            self._frames.clear()
         self._readable.unpark_all()
         self._writable.unpark_all()

@@ -22,6 +22,7 @@ import trio
 from ._config import Heartbeat, Limits
 from ._connection import Connection
 from ._errors import UpgradeRejected
+from ._groups import single_exception
 from ._router import Router
 from ._transport import Accepted, Rejected, Transport, UpgradeRequest, select_subprotocol
 from ._transport._trio_websocket import serve_trio_websocket
@@ -209,6 +210,10 @@ class Serve(Generic[D]):
         self, *, task_status: trio.TaskStatus[Server[D]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         opts = self._options
+        with single_exception():
+            await self._run(opts, task_status)
+
+    async def _run(self, opts: dict[str, Any], task_status: trio.TaskStatus[Server[D]]) -> None:
         server: Server[D] = Server(
             self._router,
             authenticate=opts["authenticate"],

@@ -124,12 +124,11 @@ def validate_frame(
         if key not in _ROOT_KEYS:
             problems.append((f"$.{key}", "unknown key"))
 
-    meta_in = raw.get("meta", _MISSING)
+    # An absent meta is {}: extended meta with required fields still rejects it.
+    meta_in = raw.get("meta", {})
     meta: dict[str, Any] = {}
     extended: Any = None
-    if meta_in is _MISSING:
-        pass
-    elif type(meta_in) is not dict:
+    if type(meta_in) is not dict:
         problems.append(("$.meta", f"expected object, got {type_name(meta_in)}"))
     else:
         rest: dict[str, Any] = {}

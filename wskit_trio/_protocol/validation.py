@@ -138,7 +138,13 @@ def _is_enum(t: Any) -> bool:
 
 
 def make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv = cattrs.Converter(
+        forbid_extra_keys=True,
+        detailed_validation=True,
+        # JSON has arrays only: sets and tuples (fixed-length ones too) go out as lists,
+        # which is also the only form the strict structuring hooks below accept back.
+        unstruct_collection_overrides={abc.Set: list, tuple: list, abc.Sequence: list},
+    )
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(int, _structure_int)
     conv.register_structure_hook(float, _structure_float)

@@ -89,6 +89,14 @@ class MemoryTransport:
             self.peer._peer_close = marker
         await self._outbound.aclose()
 
+    def drop(self) -> None:
+        """End abruptly, without a close frame: the peer sees 1006."""
+        if self.closed is not None:
+            return
+        self.closed = CloseMarker(1006, "")
+        self._outbound.close()
+        self._inbound.close()
+
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
         if self.peer is None or not self.peer.responsive:

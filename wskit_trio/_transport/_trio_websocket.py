@@ -32,6 +32,9 @@ class TrioWebsocketTransport:
         self._ws = ws
         self._request = request
         self._max_bytes = max_message_bytes
+        #: True while a message is being written: if that write is cancelled, part
+        #: of a frame may be on the wire and the stream can carry nothing more.
+        self._mid_frame = False
 
     @property
     def request(self) -> UpgradeRequest:
@@ -56,11 +59,20 @@ class TrioWebsocketTransport:
     async def send(self, messages: Sequence[str]) -> None:
         try:
             for message in messages:
+                self._mid_frame = True
                 await self._ws.send_message(message)
+                self._mid_frame = False
         except trio_websocket.ConnectionClosed as exc:
+            self._mid_frame = False
             raise _closed(exc) from None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._mid_frame:
+            # A write was cancelled part-way (a client that stopped reading): a close
+            # frame now would land inside the unfinished frame and garble the stream.
+            # Drop the TCP connection instead; the peer sees an abnormal close (1006).
+            await self._ws._close_stream()
+            return
         await self._ws.aclose(code, reason)
 
     async def ping(self) -> None:
@@ -84,9 +96,15 @@ async def serve_trio_websocket(
 
     async def handle(request: trio_websocket.WebSocketRequest) -> None:
         remote = request.remote
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
+        # wsproto takes Host out of the header list (into the event); put it back so
+        # ``authenticate`` sees every header the client sent.
+        host = getattr(getattr(request, "_event", None), "host", None)
+        if isinstance(host, str):
+            headers.insert(0, ("host", host))
         upgrade = UpgradeRequest.from_target(
             request.path,
-            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers],
+            headers,
             request.proposed_subprotocols,
             str(remote) if remote else None,
         )

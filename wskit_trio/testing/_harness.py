@@ -18,6 +18,7 @@ from .._config import Heartbeat, Limits
 from .._connection import Connection
 from .._context import ConnectionContext
 from .._errors import ConnectionClosed, UpgradeRejected, WsKitError
+from .._groups import single_exception
 from .._protocol import _json, frames
 from .._protocol.validation import unstructure
 from .._router import Router
@@ -279,20 +280,21 @@ async def open_test_app(
         limits=limits or Limits(),
         heartbeat=heartbeat,
     )
-    async with trio.open_nursery() as services:
-        await services.start(server._router.pubsub.backend.run)
-        async with trio.open_nursery() as nursery:
-            app = TestApp(server, nursery)
+    with single_exception():
+        async with trio.open_nursery() as services:
+            await services.start(server._router.pubsub.backend.run)
+            async with trio.open_nursery() as nursery:
+                app = TestApp(server, nursery)
 
-            def capture(error: WsKitError, ctx: ConnectionContext[D]) -> None:
-                app.errors.append(error)
+                def capture(error: WsKitError, ctx: ConnectionContext[D]) -> None:
+                    app.errors.append(error)
 
-            server._router = attrs.evolve(
-                server._router, on_error=(*server._router.on_error, capture)
-            )
-            try:
-                yield app
-            finally:
-                for conn in list(server.connections):
-                    conn.abort(1001, "test app closed")
-        services.cancel_scope.cancel()
+                server._router = attrs.evolve(
+                    server._router, on_error=(*server._router.on_error, capture)
+                )
+                try:
+                    yield app
+                finally:
+                    for conn in list(server.connections):
+                        conn.abort(1001, "test app closed")
+            services.cancel_scope.cancel()

@@ -1,0 +1,23 @@
+"""Valkey for several instances: a small trio RESP client and pub/sub across instances.
+
+``router.plugin(with_pubsub(ValkeyPubSub.from_url("valkey://host:6379")))`` makes
+publishes reach subscribers on every instance sharing that Valkey (protocol.md §9).
+"""
+
+from .._errors import ValkeyError, ValkeyUnavailable
+from ._connection import ValkeyAddress, ValkeyConnection, ValkeySubscriber, parse_url
+from ._pubsub import ValkeyPubSub, ValkeyPubSubStatistics
+from ._ratelimit import ValkeyRateLimiter, ValkeyRateLimiterStatistics
+
+__all__ = [
+    "ValkeyAddress",
+    "ValkeyConnection",
+    "ValkeyError",
+    "ValkeyPubSub",
+    "ValkeyPubSubStatistics",
+    "ValkeyRateLimiter",
+    "ValkeyRateLimiterStatistics",
+    "ValkeySubscriber",
+    "ValkeyUnavailable",
+    "parse_url",
+]
