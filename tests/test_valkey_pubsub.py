@@ -144,6 +144,20 @@ async def test_every_publish_reaches_every_subscriber_once_in_order(
                 assert instance.backend.statistics().malformed == 0
 
 
+async def test_publish_right_after_subscribe_returns_is_delivered(
+    valkey_server: ValkeyServerProcess,
+) -> None:
+    """``subscribe`` returns only once Valkey confirmed it, so a publish that starts
+    after it, on another instance, reaches the new subscriber."""
+    with trio.fail_after(IO_TIMEOUT):
+        async with instances(valkey_server) as (one, two):
+            client = await two.app.connect()
+            for i in range(30):
+                await subscribe(client, f"fresh/{i}")
+                await one.router.publish(f"fresh/{i}", NEWS, News("x", i))
+                assert await receive_news(client) == {"text": "x", "seq": i}
+
+
 async def test_exclude_self_across_instances(valkey_server: ValkeyServerProcess) -> None:
     with trio.fail_after(IO_TIMEOUT):
         async with instances(valkey_server) as (one, two):
@@ -305,6 +319,37 @@ async def test_hung_valkey_times_out_and_recovers(valkey_server: ValkeyServerPro
                 if got["text"] == "stuck":
                     got = await receive_news(client)
                 assert got == {"text": "unstuck", "seq": 5}
+
+
+async def test_health_check_notices_a_hung_valkey_and_heals_drift(
+    valkey_server: ValkeyServerProcess,
+) -> None:
+    with trio.fail_after(3 * IO_TIMEOUT):
+        async with (
+            instances(
+                valkey_server, health_interval=0.05, command_timeout=0.2, backoff_max=0.05
+            ) as (one, _),
+            admin(valkey_server) as conn,
+        ):
+            client = await one.app.connect()
+            await subscribe(client, "kept")
+            # Drift: a channel nobody here wants (say, a lost UNSUBSCRIBE).
+            sub = one.backend._sub
+            assert sub is not None
+            await sub.subscribe(one.backend.prefix + "stray")
+            assert await numsub(conn, one.backend.prefix + "stray") == 1
+            await wait_until(lambda: _eq(conn, one.backend.prefix + "stray", 0))
+            assert await numsub(conn, one.backend.prefix + "kept") == 1
+
+            # No publish needed to find out that Valkey stopped answering.
+            valkey_server.pause()
+            try:
+                await wait_until(lambda: not one.backend.healthy)
+            finally:
+                valkey_server.resume()
+            await one.backend.wait_healthy()
+            await one.router.publish("kept", NEWS, News("back"))
+            assert (await receive_news(client))["text"] == "back"
 
 
 async def test_starts_at_once_and_backs_off_while_valkey_is_down(

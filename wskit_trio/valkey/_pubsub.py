@@ -17,7 +17,9 @@ While it is not healthy, publishes report ``ok=False, error="UNAVAILABLE",
 retryable=True`` at once (or after the connection attempt in progress, if there
 is one, within ``command_timeout``) and subscriptions raise ``UNAVAILABLE``;
 local serving goes on. Every command is bounded by ``command_timeout``; one that
-times out is taken as a lost connection.
+times out is taken as a lost connection. Like Valkey pub/sub itself, delivery is
+at most once: what is published while an instance is disconnected does not reach
+that instance's subscribers.
 """
 
 from __future__ import annotations
@@ -240,7 +242,7 @@ class ValkeyPubSub:
             try:
                 if self._sub is not sub:
                     raise ValkeyUnavailable("the connection to Valkey was lost")
-                await self._confirm(sub.subscribe(self._channel(topic)))
+                await self._confirm(sub, sub.subscribe(self._channel(topic)))
             finally:
                 self._sub_lock.release()
         except (ValkeyUnavailable, trio.TooSlowError) as exc:
@@ -261,7 +263,7 @@ class ValkeyPubSub:
                 if topic in self._local_topics() or self._sub is not sub:
                     return
                 with contextlib.suppress(ValkeyUnavailable, trio.TooSlowError):
-                    await self._confirm(sub.unsubscribe(self._channel(topic)))
+                    await self._confirm(sub, sub.unsubscribe(self._channel(topic)))
 
     async def publish(self, envelope: Envelope) -> PublishResult:
         session = await self._session_or_none()
@@ -273,7 +275,7 @@ class ValkeyPubSub:
             with trio.move_on_after(self.command_timeout) as scope:
                 await cmd.execute("PUBLISH", self._channel(envelope.topic), data)
         except ValkeyUnavailable as exc:
-            self._lost(str(exc))
+            self._lost(str(exc), cmd)
             return self._unavailable()
         except ValkeyError as exc:
             self._publish_failures += 1
@@ -284,7 +286,7 @@ class ValkeyPubSub:
                 )
             return PublishResult(ok=False, capability="unknown", error="INTERNAL")
         if scope.cancelled_caught:
-            self._lost("PUBLISH timed out")
+            self._lost("PUBLISH timed out", cmd)
             return self._unavailable()
         self._published += 1
         return PublishResult(ok=True, matched=None, capability="unknown")
@@ -295,18 +297,20 @@ class ValkeyPubSub:
         self._publish_failures += 1
         return PublishResult(ok=False, capability="unknown", error="UNAVAILABLE", retryable=True)
 
-    def _lost(self, reason: str) -> None:
+    def _lost(self, reason: str, conn: ValkeyConnection | ValkeySubscriber) -> None:
+        """``conn`` failed: end its session (unless that one is over already)."""
         self._last_error = reason
-        self._trouble.set()
+        if conn is self._cmd or conn is self._sub:
+            self._trouble.set()
 
-    async def _confirm(self, request: Awaitable[None]) -> None:
-        """Await a subscriber request; a confirmation that does not come in time
-        means the session is broken."""
+    async def _confirm(self, sub: ValkeySubscriber, request: Awaitable[None]) -> None:
+        """Await a request made on ``sub``; a confirmation that does not come in
+        time means the session is broken."""
         try:
             with trio.fail_after(self.command_timeout):
                 await request
         except (ValkeyUnavailable, trio.TooSlowError) as exc:
-            self._lost(str(exc) or "Valkey did not confirm in time")
+            self._lost(str(exc) or "Valkey did not confirm in time", sub)
             raise
 
     async def _session(self) -> bool:
@@ -401,9 +405,9 @@ class ValkeyPubSub:
             if not missing and not extra:
                 return
             if missing:
-                await self._confirm(sub.subscribe(*missing))
+                await self._confirm(sub, sub.subscribe(*missing))
             if extra:
-                await self._confirm(sub.unsubscribe(*extra))
+                await self._confirm(sub, sub.unsubscribe(*extra))
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         self._received += 1
