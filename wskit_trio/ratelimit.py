@@ -76,14 +76,21 @@ class RateLimiter(Protocol):
 
 # -- who is who ---------------------------------------------------------------------
 
+_ABSENT: Any = object()
+
 
 def data_field(data: object, name: str) -> object:
     """``data[name]`` for a mapping, ``data.name`` otherwise; ``None`` if absent."""
     if data is None:
         return None
-    if isinstance(data, Mapping):
+    if type(data) is dict:
         return data.get(name)
-    return getattr(data, name, None)
+    value = getattr(data, name, _ABSENT)
+    if value is not _ABSENT:
+        return value
+    if isinstance(data, Mapping):  # checked last: ABC checks are slow
+        return data.get(name)
+    return None
 
 
 def _part(value: object, default: str) -> str:
@@ -165,6 +172,15 @@ def rate_limit(
 # -- one process ------------------------------------------------------------------
 
 
+class _Bucket(TokenBucket):
+    __slots__ = ("used",)
+
+    def __init__(self, capacity: int, tokens_per_second: float, now_us: int) -> None:
+        super().__init__(capacity, tokens_per_second, now_us)
+        #: Last consume, µs.
+        self.used = now_us
+
+
 @attrs.frozen
 class RateLimiterStatistics:
     """A limiter's counters since it was created."""
@@ -207,8 +223,10 @@ class MemoryRateLimiter:
         #: After this many µs untouched a bucket is surely full again (one token spare
         #: for rounding), so forgetting it changes nothing.
         self._idle_us = math.ceil((capacity + 1) / tokens_per_second * MICROS)
-        #: Least recently used first; values are (bucket, last use in µs).
-        self._buckets: OrderedDict[str, tuple[TokenBucket, int]] = OrderedDict()
+        #: Least recently used first.
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        #: No bucket can be idle long enough to go before this time (µs).
+        self._evict_at = math.inf
         self._allowed = 0
         self._limited = 0
 
@@ -230,11 +248,21 @@ class MemoryRateLimiter:
         """Take ``cost`` tokens from ``key``'s bucket if it has them (else none)."""
         now = round(self._clock() * MICROS)
         buckets = self._buckets
-        entry = buckets.pop(key, None)
-        bucket = TokenBucket(self._capacity, self._rate, now) if entry is None else entry[0]
+        bucket = buckets.get(key)
+        if bucket is None:
+            if self._max_keys is not None and len(buckets) >= self._max_keys:
+                self._evict(now)
+                while len(buckets) >= self._max_keys:
+                    buckets.popitem(last=False)
+            bucket = buckets[key] = _Bucket(self._capacity, self._rate, now)
+            if self._evict_at == math.inf:
+                self._evict_at = now + self._idle_us
+        else:
+            buckets.move_to_end(key)
+        bucket.used = now
         decision = bucket.consume(now, cost)
-        self._evict(now)
-        buckets[key] = (bucket, now)
+        if now >= self._evict_at:
+            self._evict(now)
         if decision.allowed:
             self._allowed += 1
         else:
@@ -248,10 +276,10 @@ class MemoryRateLimiter:
 
     def peek(self, key: str) -> int:
         """Tokens ``key`` could take right now (without taking any)."""
-        entry = self._buckets.get(key)
-        if entry is None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
             return self._capacity
-        return entry[0].refill(round(self._clock() * MICROS))
+        return bucket.refill(round(self._clock() * MICROS))
 
     def reset(self, key: str | None = None) -> None:
         """Forget ``key``'s bucket (it starts full again), or every bucket."""
@@ -268,14 +296,14 @@ class MemoryRateLimiter:
         # a backlog still drains quickly.
         for _ in range(64):
             if not buckets:
+                self._evict_at = math.inf
                 return
-            key, (_, used) = next(iter(buckets.items()))
-            if used > horizon:
-                break
+            key, oldest = next(iter(buckets.items()))
+            if oldest.used > horizon:
+                self._evict_at = oldest.used + self._idle_us
+                return
             del buckets[key]
-        if self._max_keys is not None:
-            while len(buckets) >= self._max_keys:
-                buckets.popitem(last=False)
+        # More to go: look again on the next call.
 
     async def aclose(self) -> None:
         """Nothing to release (for symmetry with ``ValkeyRateLimiter``)."""

@@ -132,7 +132,8 @@ class TokenBucket:
 
     def consume(self, now_us: int, cost: int = 1) -> Decision:
         """Refill, then take ``cost`` tokens if there are enough (else take none)."""
-        check_cost(cost)
+        if type(cost) is not int or cost < 0:
+            check_cost(cost)  # raises
         tokens = self.refill(now_us)
         if cost > self.capacity:
             return Decision(False, tokens, None)
