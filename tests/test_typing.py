@@ -16,6 +16,7 @@ from mypy import api as mypy_api
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK_TYPES = ROOT / "tests" / "typing" / "check_types.py"
+CHECK_CLIENT_TYPES = ROOT / "tests" / "typing" / "check_client_types.py"
 
 MISTAKES = """\
 from __future__ import annotations
@@ -139,11 +140,16 @@ def mypy_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[tupl
     workdir = tmp_path_factory.mktemp("typing")
     mistakes = workdir / "mistakes.py"
     mistakes.write_text(MISTAKES)
-    return _run_mypy(workdir / "cache", CHECK_TYPES, mistakes)
+    return _run_mypy(workdir / "cache", CHECK_TYPES, CHECK_CLIENT_TYPES, mistakes)
 
 
 def test_inferred_types_hold(mypy_results: dict[str, set[tuple[int, str]]]) -> None:
     assert mypy_results["check_types.py"] == set()
+
+
+def test_client_types_hold(mypy_results: dict[str, set[tuple[int, str]]]) -> None:
+    # Inferences, and mistakes proven by `type: ignore`s that strict mode needs used.
+    assert mypy_results["check_client_types.py"] == set()
 
 
 def test_mistakes_are_reported(mypy_results: dict[str, set[tuple[int, str]]]) -> None:

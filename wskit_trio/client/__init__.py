@@ -1,0 +1,43 @@
+"""A typed trio client for wskit_trio (and WS-Kit) servers.
+
+``open_client(url)`` connects for an ``async with`` block: typed ``send``, ``on``
+and ``request`` (with progress, deadlines and ``$ws:abort``), reconnect with
+backoff and jitter, an offline queue, token auth and retry hints.
+"""
+
+from .._errors import (
+    ConnectError,
+    ConnectionClosed,
+    FrameDropped,
+    InboundValidationError,
+    RequestTimeout,
+    RpcError,
+)
+from ._backoff import Backoff, Jitter
+from ._call import RequestStream
+from ._client import Client, ClientState, ClientStatistics, InboundMessage, open_client
+from ._config import Auth, ClientHeartbeat, Reconnect, Retry, TokenSource
+from ._queue import OfflineQueuePolicy
+
+__all__ = [
+    "Auth",
+    "Backoff",
+    "Client",
+    "ClientHeartbeat",
+    "ClientState",
+    "ClientStatistics",
+    "ConnectError",
+    "ConnectionClosed",
+    "FrameDropped",
+    "InboundMessage",
+    "InboundValidationError",
+    "Jitter",
+    "OfflineQueuePolicy",
+    "Reconnect",
+    "RequestStream",
+    "RequestTimeout",
+    "Retry",
+    "RpcError",
+    "TokenSource",
+    "open_client",
+]
