@@ -238,9 +238,6 @@ class MemoryRateLimiter:
     def tokens_per_second(self) -> float:
         return self._rate
 
-    def __len__(self) -> int:
-        return len(self._buckets)
-
     def statistics(self) -> RateLimiterStatistics:
         return RateLimiterStatistics(len(self._buckets), self._allowed, self._limited)
 

@@ -5,12 +5,17 @@ Talk:     python -m examples.quickstart.client alice
 
 A client authenticates at the upgrade with ``?access_token=<name>`` (a demo
 rule: the token is the user name; put real verification in ``authenticate``).
+Each user may send ``RATE_CAPACITY`` messages in a burst, then
+``RATE_PER_SECOND`` a second (one bucket per user, shared by all their
+connections); a message over the limit is answered ``RESOURCE_EXHAUSTED`` with
+``retryAfterMs``, and the client waits that long and sends it again.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import attrs
 import trio
@@ -18,14 +23,21 @@ import trio
 from wskit_trio import (
     ConnectionContext,
     Context,
+    MemoryRateLimiter,
     Router,
     RpcContext,
     UpgradeRequest,
     WsKitError,
     message,
+    rate_limit,
     rpc,
     serve,
 )
+
+#: Messages a user may send in a burst ...
+RATE_CAPACITY = 5
+#: ... and how fast the allowance refills (tokens per second).
+RATE_PER_SECOND = 1.0
 
 
 @attrs.define
@@ -84,9 +96,17 @@ def authenticate(request: UpgradeRequest) -> ChatUser | None:
     return ChatUser(name=token)
 
 
-def build_router() -> Router[ChatUser]:
+def per_user(ctx: Context[Any, ChatUser]) -> str:
+    """The rate-limit bucket: one per user, whichever connection they send on."""
+    return f"chat:{ctx.data.name}"
+
+
+def build_router(
+    *, capacity: int = RATE_CAPACITY, tokens_per_second: float = RATE_PER_SECOND
+) -> Router[ChatUser]:
     router: Router[ChatUser] = Router()
     members: dict[str, set[str]] = {}  # presence, per room (one process)
+    limiter = MemoryRateLimiter(capacity=capacity, tokens_per_second=tokens_per_second)
 
     async def leave(ctx: ConnectionContext[ChatUser]) -> None:
         room = ctx.data.room_id
@@ -107,7 +127,9 @@ def build_router() -> Router[ChatUser]:
         ctx.assign_data(room_id=room)
         await ctx.publish(f"room:{room}", USER_JOINED, RoomEvent(room, ctx.data.name))
 
-    @router.on(SEND_MESSAGE)
+    # Over the limit, the handler is skipped and the sender gets RESOURCE_EXHAUSTED
+    # with retryAfterMs; the connection stays open.
+    @router.on(SEND_MESSAGE, middleware=[rate_limit(limiter=limiter, key=per_user)])
     async def send_message(ctx: Context[SendMessage, ChatUser]) -> None:
         room = ctx.data.room_id
         if room is None:
@@ -139,7 +161,7 @@ async def main(port: int) -> None:
         server = await nursery.start(
             serve(build_router(), host="127.0.0.1", port=port, authenticate=authenticate)
         )
-        print(f"chat server listening on {server.url}  (Ctrl-C to stop)", flush=True)
+        print(f"quickstart server listening on {server.url}", flush=True)
 
 
 if __name__ == "__main__":
