@@ -1,4 +1,5 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``."""
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``; and
+``nox -s bench``, the benchmark suite (not run by default)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,11 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite: prints the table and writes ``benchmarks/results/``.
+    Arguments go to ``python -m benchmarks`` (``nox -s bench -- --quick``)."""
+    session.install("-e", ".[dev,bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

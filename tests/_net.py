@@ -23,6 +23,7 @@ import wsproto
 import wsproto.events as ws_events
 
 from wskit_trio import Router, Server, serve
+from wskit_trio._server import TransportName
 
 __all__ = [
     "AUTOJUMP_THRESHOLD",
@@ -36,17 +37,24 @@ __all__ = [
 
 AUTOJUMP_THRESHOLD = 0.01
 
+#: The transport ``running_server`` serves on; the ``transport`` fixture (conftest)
+#: sets it, so every test over real sockets runs on each transport.
+TRANSPORT: TransportName = "wsproto"
+
 
 @pytest.fixture
-def net_clock() -> trio.testing.MockClock:
-    """Virtual time for tests over real sockets (pytest-trio uses any Clock fixture)."""
+def net_clock(transport: TransportName) -> trio.testing.MockClock:
+    """Virtual time for tests over real sockets (pytest-trio uses any Clock fixture).
+    Tests that use it run once per transport (``transport`` fixture)."""
     return trio.testing.MockClock(autojump_threshold=AUTOJUMP_THRESHOLD)
 
 
 @asynccontextmanager
 async def running_server(router: Router[Any], **options: Any) -> AsyncIterator[Server[Any]]:
     """``serve(router, port=0, handle_signals=False, **options)`` for the block; on exit
-    it is shut down (grace 0) and every task of it has ended."""
+    it is shut down (grace 0) and every task of it has ended. The transport is the
+    one the ``transport`` fixture chose, unless given."""
+    options.setdefault("transport", TRANSPORT)
     async with trio.open_nursery() as nursery:
         server: Server[Any] = await nursery.start(
             serve(router, host="127.0.0.1", port=0, handle_signals=False, **options)

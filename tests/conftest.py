@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import _net
 import attrs
 import pytest
 from valkey_server import ValkeyServerProcess
@@ -43,3 +44,15 @@ def valkey_server() -> Iterator[ValkeyServerProcess]:
     the test. ``.url``, ``.port``, ``.kill()`` and ``.restart()`` (same port)."""
     with ValkeyServerProcess() as server:
         yield server
+
+
+@pytest.fixture(params=["wsproto", "trio-websocket"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The transport ``serve()`` runs on in this test (``_net.running_server`` and the
+    server tests use it): a test that asks for it runs once on each."""
+    previous = _net.TRANSPORT
+    _net.TRANSPORT = request.param
+    try:
+        yield request.param
+    finally:
+        _net.TRANSPORT = previous

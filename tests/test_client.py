@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import _net
 import attrs
 import pytest
 import trio
@@ -517,6 +518,7 @@ async def test_cancelled_request_aborts_on_the_server(net_clock: trio.testing.Mo
 
 @asynccontextmanager
 async def server_on(router: Router[Any], port: int, **options: Any) -> AsyncIterator[Server[Any]]:
+    options.setdefault("transport", _net.TRANSPORT)
     async with trio.open_nursery() as nursery:
         server: Server[Any] = await nursery.start(
             serve(router, host="127.0.0.1", port=port, handle_signals=False, **options)

@@ -418,6 +418,11 @@ async def test_net_client_that_stops_reading(
                 assert close_of(closed.value)[0] == 1008
                 assert close_of(closed.value)[1] == "slow consumer"
                 assert progress == list(range(len(progress)))
+                # The server ends the connection once the client's close reply is in,
+                # a few scheduling rounds after the client saw the close.
+                with trio.fail_after(5):
+                    await conn._finished.wait()
+                await trio.testing.wait_all_tasks_blocked()
                 assert conn not in server.connections
             assert outbox.high_water <= outbox.capacity + 1
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import _net
 import attrs
 import pytest
 import trio
@@ -35,6 +36,9 @@ from wskit_trio.testing import open_test_app
 
 TIMEOUT = 10
 
+# Every test here runs once on each transport (the wsproto one and trio-websocket).
+pytestmark = pytest.mark.usefixtures("transport")
+
 
 def app_router() -> Router[Any]:
     router: Router[Any] = Router()
@@ -59,6 +63,7 @@ def app_router() -> Router[Any]:
 
 @asynccontextmanager
 async def running(router: Router[Any], **options: Any) -> AsyncIterator[Server[Any]]:
+    options.setdefault("transport", _net.TRANSPORT)
     async with trio.open_nursery() as nursery:
         server: Server[Any] = await nursery.start(
             serve(router, port=0, host="127.0.0.1", handle_signals=False, **options)

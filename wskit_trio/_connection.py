@@ -10,6 +10,7 @@ nothing of it outlives it; ``on_close`` hooks run last.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -85,7 +86,11 @@ class Connection(Generic[D]):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._write_loop)
-                nursery.start_soon(self._watch_overflow)
+                # The slow-consumer handling starts when the queue overflows (a task
+                # per connection waiting for it would cost memory on idle ones).
+                self.outbox.on_overflow = self._start_overflow
+                if self.outbox.overflowed.is_set():
+                    self._start_overflow()
                 if await self._open():
                     nursery.start_soon(self._read_loop)
                     if self.heartbeat is not None:
@@ -172,8 +177,10 @@ class Connection(Generic[D]):
 
     async def _write_loop(self) -> None:
         assert self._nursery is not None
+        # A transport may ask to settle before each batch (see ``Outbox.get_batch``).
+        settle = getattr(self.transport, "settle", None)
         try:
-            while batch := await self.outbox.get_batch():
+            while batch := await self.outbox.get_batch(settle):
                 await self.transport.send(batch)
                 if self.router.observer is not None:
                     self.router.observer.frames_out(batch)
@@ -192,9 +199,17 @@ class Connection(Generic[D]):
 
     async def _read_loop(self) -> None:
         assert self._nursery is not None
+        # A transport that reads many messages at once says how many it still holds:
+        # while it does, the frames their handlers queue skip the schedule point each
+        # (``Outbox.burst_task``); the reader yields when it next reads the socket.
+        pending = getattr(self.transport, "pending", None)
+        me = trio.lowlevel.current_task()
         try:
             while True:
-                await self.dispatch(await self.transport.receive())
+                data = await self.transport.receive()
+                if pending is not None:
+                    self.outbox.burst_task = me if pending() else None
+                await self.dispatch(data)
         except ConnectionClosed as exc:
             self.closed = (exc.code, exc.reason)
             if exc.code == 1009:
@@ -202,6 +217,12 @@ class Connection(Generic[D]):
                     WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Message too big"), self.context
                 )
         self._nursery.cancel_scope.cancel()
+
+    def _start_overflow(self) -> None:
+        if self._nursery is not None and not self._nursery.cancel_scope.cancel_called:
+            # RuntimeError: the connection has just ended, nothing left to do.
+            with contextlib.suppress(RuntimeError):
+                self._nursery.start_soon(self._watch_overflow)
 
     async def _watch_overflow(self) -> None:
         await self.outbox.overflowed.wait()

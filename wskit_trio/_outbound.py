@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Literal, TypeAlias
 
 import attrs
@@ -70,6 +71,13 @@ class Outbox:
         self.dropped = 0
         self.sent = 0
         self.high_water = 0
+        #: Set by the connection's reader while it works through messages it has
+        #: already received: its own ``put`` calls then skip the schedule point
+        #: (the burst is bounded by one read; the reader yields when it reads again).
+        self.burst_task: trio.lowlevel.Task | None = None
+        #: Called once when ``overflowed`` is first set (the connection starts its
+        #: slow-consumer handling then, rather than keep a task waiting for it).
+        self.on_overflow: Callable[[], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -90,17 +98,21 @@ class Outbox:
         """
         if self._closed:
             return False
-        if len(self) >= self.capacity and kind is not FrameKind.TERMINAL:
+        frames = self._frames
+        if len(frames) + self._writing >= self.capacity and kind is not FrameKind.TERMINAL:
             if self.policy == "close":
-                self.overflowed.set()
+                self._overflow()
                 self.dropped += 1
                 return False
             if self.policy == "wait" or not self._evict_one():
                 self.dropped += 1
                 return False
-        self._frames.append((frame, kind))
-        self.high_water = max(self.high_water, len(self))
-        self._readable.unpark()
+        frames.append((frame, kind))
+        held = len(frames) + self._writing
+        if held > self.high_water:
+            self.high_water = held
+        if self._readable:  # the writer is waiting for frames
+            self._readable.unpark()
         return True
 
     async def put(self, frame: str, kind: FrameKind = FrameKind.PLAIN) -> bool:
@@ -108,17 +120,24 @@ class Outbox:
         or the outbox is closed.
 
         Always a schedule point, so a handler sending in a loop lets the writer (and
-        everyone else) run. A non-terminal frame is also a cancel point before it is
-        queued; a terminal frame, once asked for, is queued whatever happens.
+        everyone else) run; except in the reader's burst (``burst_task``), which
+        yields once at its end instead of once per frame. A non-terminal frame is
+        also a cancel point before it is queued; a terminal frame, once asked for,
+        is queued whatever happens.
         """
         if kind is not FrameKind.TERMINAL:
             await trio.lowlevel.checkpoint_if_cancelled()
-            if self.policy == "wait" and len(self) >= self.capacity and not self._closed:
+            if (
+                len(self._frames) + self._writing >= self.capacity
+                and self.policy == "wait"
+                and not self._closed
+            ):
                 while len(self) >= self.capacity and not self._closed:
                     await self._writable.park()
                 return self.put_nowait(frame, kind)
         queued = self.put_nowait(frame, kind)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if self.burst_task is None or self.burst_task is not trio.lowlevel.current_task():
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return queued
 
     async def wait_room(self) -> bool:
@@ -131,12 +150,18 @@ class Outbox:
         """
         while len(self) >= self.capacity and not self._closed:
             if self.policy == "close":
-                self.overflowed.set()
+                self._overflow()
                 return False
             if self.policy == "drop_oldest" and self._evict_one():
                 continue
             await self._writable.park()
         return not self._closed
+
+    def _overflow(self) -> None:
+        if not self.overflowed.is_set():
+            self.overflowed.set()
+            if self.on_overflow is not None:
+                self.on_overflow()
 
     def _evict_one(self) -> bool:
         for wanted in (FrameKind.PROGRESS, FrameKind.PLAIN):
@@ -147,12 +172,14 @@ class Outbox:
                     return True
         return False
 
-    async def get_batch(self) -> list[str]:
+    async def get_batch(self, settle: Callable[[], Awaitable[None]] | None = None) -> list[str]:
         """Wait for at least one frame, then take every queued frame, in order.
 
         The writer calls this again only once the transport has taken the previous
         batch; until then that batch still counts against ``capacity``. Returns
-        ``[]`` once the outbox is closed and drained.
+        ``[]`` once the outbox is closed and drained. ``settle``, when given, is
+        awaited between the first frame arriving and taking the batch: the transport
+        may let the frames its reader is about to produce join the same write.
         """
         if self._writing:
             self.sent += self._writing
@@ -162,6 +189,8 @@ class Outbox:
             if self._closed:
                 return []
             await self._readable.park()
+            if settle is not None and self._frames:
+                await settle()
         batch = [frame for frame, _ in self._frames]
         self._frames.clear()
         self._writing = len(batch)

@@ -66,10 +66,12 @@ class MessageSchema(Generic[P]):
                 )
             return None
         assert self.structure_payload is not None
-        if isinstance(payload, Mapping):
+        if isinstance(payload, cls):
+            pass
+        elif isinstance(payload, Mapping):
             # Dict form: structuring validates it and fills defaults.
             payload = self._structure_outbound(payload)
-        elif not isinstance(payload, cls):
+        else:
             raise OutboundValidationError(
                 self.type, [("$.payload", f"expected {cls.__name__}, got {type(payload).__name__}")]
             )

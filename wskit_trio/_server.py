@@ -14,7 +14,7 @@ import signal
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
@@ -26,8 +26,9 @@ from ._groups import single_exception
 from ._router import Router
 from ._transport import Accepted, Rejected, Transport, UpgradeRequest, select_subprotocol
 from ._transport._trio_websocket import serve_trio_websocket
+from ._transport._wsproto import serve_wsproto
 
-__all__ = ["Authenticate", "Server", "ServerStatistics", "Serve", "serve"]
+__all__ = ["Authenticate", "Server", "ServerStatistics", "Serve", "TransportName", "serve"]
 
 log = logging.getLogger("wskit_trio")
 
@@ -36,6 +37,12 @@ D = TypeVar("D")
 #: ``authenticate(request)``: sync or async; returns the connection data, ``None`` to
 #: refuse with 401, or raises ``UpgradeRejected(status, body)``.
 Authenticate: TypeAlias = Callable[[UpgradeRequest], "D | Awaitable[D | None] | None"]
+
+#: The WebSocket implementation ``serve()`` runs on: ``"wsproto"`` (the default: trio
+#: streams, the upgrade through wsproto, one task per connection reading and
+#: dispatching) or ``"trio-websocket"``.
+TransportName: TypeAlias = Literal["wsproto", "trio-websocket"]
+_TRANSPORTS: tuple[TransportName, ...] = ("wsproto", "trio-websocket")
 
 
 @attrs.frozen
@@ -156,6 +163,7 @@ class Server(Generic[D]):
         ssl_context: ssl.SSLContext | None,
         handle_signals: bool,
         task_status: trio.TaskStatus[Server[D]],
+        transport: TransportName = "wsproto",
     ) -> None:
         try:
             async with trio.open_nursery() as services:
@@ -169,16 +177,29 @@ class Server(Generic[D]):
                     first = listeners[0].transport_listener if ssl_context else listeners[0]
                     self.host, self.port = first.socket.getsockname()[:2]
                     async with trio.open_nursery() as accepting:
-                        await accepting.start(
-                            lambda task_status: serve_trio_websocket(
-                                listeners,
-                                decide=self.decide,
-                                run_connection=self.run_connection,
-                                handler_nursery=connections,
-                                max_message_bytes=self.limits.max_message_bytes,
-                                task_status=task_status,
+                        if transport == "trio-websocket":
+                            await accepting.start(
+                                lambda task_status: serve_trio_websocket(
+                                    listeners,
+                                    decide=self.decide,
+                                    run_connection=self.run_connection,
+                                    handler_nursery=connections,
+                                    max_message_bytes=self.limits.max_message_bytes,
+                                    task_status=task_status,
+                                )
                             )
-                        )
+                        else:
+                            await accepting.start(
+                                lambda task_status: serve_wsproto(
+                                    listeners,
+                                    decide=self.decide,
+                                    run_connection=self.run_connection,
+                                    handler_nursery=connections,
+                                    max_message_bytes=self.limits.max_message_bytes,
+                                    close_timeout=self.limits.close_timeout,
+                                    task_status=task_status,
+                                )
+                            )
                         if handle_signals and threading.current_thread() is threading.main_thread():
                             await accepting.start(self._watch_signals)
                         log.info("listening on %s", self.url)
@@ -222,7 +243,12 @@ class Serve(Generic[D]):
             heartbeat=opts["heartbeat"],
         )
         await server._serve(
-            opts["host"], opts["port"], opts["ssl_context"], opts["handle_signals"], task_status
+            opts["host"],
+            opts["port"],
+            opts["ssl_context"],
+            opts["handle_signals"],
+            task_status,
+            opts["transport"],
         )
 
 
@@ -237,13 +263,18 @@ def serve(
     heartbeat: Heartbeat | None = None,
     ssl_context: ssl.SSLContext | None = None,
     handle_signals: bool = True,
+    transport: TransportName = "wsproto",
 ) -> Serve[D]:
     """Serve ``router`` over WebSocket.
 
     ``authenticate`` runs at the HTTP upgrade; without it every connection is
     accepted with data ``None``. ``handle_signals`` makes SIGINT/SIGTERM a graceful
-    shutdown (only in the main thread); turn it off when embedding.
+    shutdown (only in the main thread); turn it off when embedding. ``transport``
+    picks the WebSocket implementation: ``"wsproto"`` (default, the fast one) or
+    ``"trio-websocket"``.
     """
+    if transport not in _TRANSPORTS:
+        raise ValueError(f"transport must be one of {_TRANSPORTS}, got {transport!r}")
     return Serve(
         router,
         {
@@ -255,5 +286,6 @@ def serve(
             "heartbeat": heartbeat,
             "ssl_context": ssl_context,
             "handle_signals": handle_signals,
+            "transport": transport,
         },
     )

@@ -137,10 +137,12 @@ def _is_enum(t: Any) -> bool:
     return isinstance(t, type) and issubclass(t, enum.Enum)
 
 
-def make_converter() -> cattrs.Converter:
+def make_converter(*, detailed: bool = True) -> cattrs.Converter:
+    """The strict converter. ``detailed`` collects every problem with its path;
+    without it, structuring stops at the first problem (faster, for valid input)."""
     conv = cattrs.Converter(
         forbid_extra_keys=True,
-        detailed_validation=True,
+        detailed_validation=detailed,
         # JSON has arrays only: sets and tuples (fixed-length ones too) go out as lists,
         # which is also the only form the strict structuring hooks below accept back.
         unstruct_collection_overrides={abc.Set: list, tuple: list, abc.Sequence: list},
@@ -157,7 +159,7 @@ def make_converter() -> cattrs.Converter:
             cls,
             conv,
             _cattrs_forbid_extra_keys=True,
-            _cattrs_detailed_validation=True,
+            _cattrs_detailed_validation=detailed,
             **_renames(cls),
         )
 
@@ -243,12 +245,27 @@ def make_converter() -> cattrs.Converter:
 
 #: The converter every schema is structured and unstructured with.
 converter = make_converter()
+#: The same rules, stopping at the first problem: tried first, as most input is valid.
+_first_problem_converter = make_converter(detailed=False)
 
 
 def structurer(cls: Any) -> StructureFn:
-    """A one-argument structuring function for ``cls``, generated once."""
-    hook = converter.get_structure_hook(cls)
-    return lambda value: hook(value, cls)
+    """A one-argument structuring function for ``cls``, generated once.
+
+    Valid input goes through the faster hook that stops at the first problem;
+    input it refuses goes through the detailed one, which raises with every
+    problem and its path (both apply exactly the same rules).
+    """
+    fast = _first_problem_converter.get_structure_hook(cls)
+    detailed = converter.get_structure_hook(cls)
+
+    def structure(value: Any) -> Any:
+        try:
+            return fast(value, cls)
+        except Exception:
+            return detailed(value, cls)
+
+    return structure
 
 
 def problems_of(exc: BaseException, path: str) -> Problems:

@@ -5,6 +5,14 @@ frames, closes with a code, and knows the upgrade request it came from. The
 connection runtime is written against this interface only; adapters map each
 WebSocket library's exceptions to :class:`~wskit_trio.ConnectionClosed` in
 exactly one place (their own module).
+
+Adapters: ``_wsproto`` (the default: trio streams, the upgrade through wsproto,
+frames by ``_wsframes``, no task of its own) and ``_trio_websocket``; ``_memory``
+is the test harness's. A transport may also offer ``pending()`` (messages
+received and not yet taken) and ``settle()`` (awaited by the connection's writer
+before it takes a batch); the connection uses them when present, so a burst of
+messages read at once is handled without a schedule point per answer and
+answered with one write.
 """
 
 from __future__ import annotations

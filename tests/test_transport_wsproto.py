@@ -1,0 +1,429 @@
+"""The wsproto transport (``serve()``'s default) over real sockets, from the bytes up:
+the upgrade (authenticate, subprotocols, refusals), frames that arrive with the
+request, pings, the close handshake both ways, protocol violations, TLS.
+
+The client is wsproto's, driven by hand in the same trio run, so each test says
+exactly what goes on the wire.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import wsproto
+import wsproto.events as ev
+from conftest import PING, PONG, Ping, Pong
+
+from wskit_trio import (
+    ConnectionContext,
+    Context,
+    Heartbeat,
+    Limits,
+    Router,
+    Server,
+    UpgradeRejected,
+    UpgradeRequest,
+    serve,
+)
+
+TIMEOUT = 10
+
+
+@pytest.fixture
+def net_clock() -> trio.testing.MockClock:
+    """Virtual time over real sockets (see ``_net``); this module is wsproto only."""
+    return trio.testing.MockClock(autojump_threshold=0.01)
+
+
+def echo_router(
+    closed: list[tuple[int, str] | None] | None = None, gone: trio.Event | None = None
+) -> Router[Any]:
+    router: Router[Any] = Router()
+
+    @router.on(PING)
+    async def ping(ctx: Context[Ping, Any]) -> None:
+        if ctx.payload.text.startswith("close:"):
+            await ctx.close(4001, ctx.payload.text[6:])
+            return
+        await ctx.send(PONG, Pong(reply=ctx.payload.text))
+
+    if closed is not None:
+
+        @router.on_close
+        def on_close(ctx: ConnectionContext[Any]) -> None:
+            closed.append(ctx._conn.closed)
+            if gone is not None:
+                gone.set()
+
+    return router
+
+
+@asynccontextmanager
+async def running(router: Router[Any], **options: Any) -> AsyncIterator[Server[Any]]:
+    # Clients left open at the end do not answer the server's 1001: do not wait long.
+    options.setdefault("limits", Limits(close_timeout=0.2))
+    options.setdefault("transport", "wsproto")
+    async with trio.open_nursery() as nursery:
+        server: Server[Any] = await nursery.start(
+            serve(router, host="127.0.0.1", port=0, handle_signals=False, **options)
+        )
+        try:
+            yield server
+        finally:
+            await server.aclose(grace=0)
+
+
+PING_FRAME = '{"type": "PING", "payload": {"text": "%s"}}'
+
+
+class Client:
+    """wsproto's client on a trio stream; answers pings unless told not to."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.answer_pings = True
+        self.pongs: list[bytes] = []
+
+    @classmethod
+    async def connect(
+        cls,
+        server: Server[Any],
+        target: str = "/",
+        *,
+        subprotocols: list[str] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> tuple[Client, ev.Event | None]:
+        stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_hostname="localhost")
+        client = cls(stream)
+        request = ev.Request(
+            host=f"127.0.0.1:{server.port}",
+            target=target,
+            subprotocols=subprotocols or [],
+            extra_headers=headers or [],
+        )
+        await client.send_raw(client.ws.send(request))
+        return client, await client.next_event()
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def send(self, event: ev.Event) -> None:
+        await self.send_raw(self.ws.send(event))
+
+    async def next_event(self) -> ev.Event | None:
+        """The next event that is not a ping (pings are answered) nor a pong (kept);
+        ``None`` once the server closed TCP."""
+        while True:
+            for event in self.ws.events():
+                if isinstance(event, ev.Ping):
+                    if self.answer_pings:
+                        await self.send(event.response())
+                    continue
+                if isinstance(event, ev.Pong):
+                    self.pongs.append(bytes(event.payload))
+                    continue
+                return event
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.ws.receive_data(bytes(data))
+
+    async def text(self) -> str:
+        event = await self.next_event()
+        assert isinstance(event, ev.TextMessage), event
+        return event.data
+
+    async def closed(self) -> tuple[int, str]:
+        """Read until the server's close frame; answer it; see TCP closed."""
+        event = await self.next_event()
+        assert isinstance(event, ev.CloseConnection), event
+        if self.ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
+            await self.send(event.response())
+        assert await self.next_event() is None  # then TCP closed
+        return event.code, event.reason or ""
+
+    async def eof(self) -> bytes:
+        """Everything the server sends until it closes TCP."""
+        received = b""
+        while data := await self.stream.receive_some(65536):
+            received += data
+        return received
+
+
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    assert len(payload) < 126
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + mask + body
+
+
+async def http(server: Server[Any], request: bytes) -> bytes:
+    """Send raw bytes, return everything the server answers before closing."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await stream.send_all(request)
+    answer = b""
+    with trio.move_on_after(5):
+        while data := await stream.receive_some(65536):
+            answer += data
+    await stream.aclose()
+    return answer
+
+
+# -- the upgrade ----------------------------------------------------------------------
+
+
+async def test_authenticate_sees_the_whole_request() -> None:
+    seen: list[UpgradeRequest] = []
+
+    def authenticate(request: UpgradeRequest) -> str:
+        seen.append(request)
+        return "alice"
+
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router(), authenticate=authenticate) as server:
+            client, accepted = await Client.connect(
+                server,
+                "/chat?access_token=t0k&room=a&room=b",
+                subprotocols=["bearer.abc"],
+                headers=[(b"X-Trace", b"42")],
+            )
+            assert isinstance(accepted, ev.AcceptConnection)
+            assert accepted.subprotocol == "bearer.abc"  # the only one offered
+            await client.send(ev.TextMessage(PING_FRAME % "hi"))
+            assert '"reply":"hi"' in await client.text()
+    (request,) = seen
+    assert request.path == "/chat"
+    assert request.query == {"access_token": "t0k", "room": "a"}
+    assert request.token == "t0k"
+    assert request.header("host") == f"127.0.0.1:{server.port}"
+    assert request.header("x-trace") == "42"
+    assert request.subprotocols == ("bearer.abc",)
+    assert request.remote is not None and request.remote.startswith("127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    ("authenticate", "status", "body"),
+    [
+        (lambda request: None, 401, b"Unauthorized"),
+        (lambda request: (_ for _ in ()).throw(UpgradeRejected(403, "no way")), 403, b"no way"),
+        (lambda request: 1 / 0, 500, b"Internal Server Error"),
+    ],
+)
+async def test_a_refusal_is_an_http_answer_with_a_body(
+    authenticate: Any, status: int, body: bytes
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router(), authenticate=authenticate) as server:
+            client, refused = await Client.connect(server)
+            assert isinstance(refused, ev.RejectConnection)
+            assert refused.status_code == status
+            headers = dict(refused.headers)
+            assert headers[b"content-type"].startswith(b"text/plain")
+            data = b""
+            while True:
+                event = await client.next_event()
+                assert isinstance(event, ev.RejectData)
+                data += event.data
+                if event.body_finished:
+                    break
+            assert data == body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # plain HTTP, no upgrade
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"\x16\x03\x01\x00\x05hello\r\n\r\n",  # not HTTP at all
+        "GET /caf\u00e9 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode(),
+    ],
+)
+async def test_anything_but_a_websocket_upgrade_gets_400_and_the_server_goes_on(
+    request_bytes: bytes,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router()) as server:
+            answer = await http(server, request_bytes)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
+            _, accepted = await Client.connect(server)
+            assert isinstance(accepted, ev.AcceptConnection)
+
+
+async def test_frames_sent_with_the_request_are_not_lost() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router()) as server:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            client = Client(stream)
+            request = client.ws.send(ev.Request(host="x", target="/"))
+            # The client does not wait for the 101 (RFC 6455 says it should; some don't).
+            await client.send_raw(request + masked_frame(1, (PING_FRAME % "early").encode()))
+            assert isinstance(await client.next_event(), ev.AcceptConnection)
+            assert '"reply":"early"' in await client.text()
+
+
+# -- pings and closing -------------------------------------------------------------------
+
+
+async def test_a_client_ping_gets_its_pong() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router()) as server:
+            client, _ = await Client.connect(server)
+            await client.send(ev.Ping(b"are you there"))
+            await client.send(ev.TextMessage(PING_FRAME % "after"))
+            assert '"reply":"after"' in await client.text()
+            assert client.pongs == [b"are you there"]
+
+
+async def test_heartbeat_pings_answered_keep_the_connection(
+    net_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(100):
+        async with running(echo_router(), heartbeat=Heartbeat(interval=5, timeout=2)) as server:
+            client, _ = await Client.connect(server)
+            async with trio.open_nursery() as nursery:
+                # Keep reading (and answering pings) for a while of virtual time.
+                nursery.start_soon(client.next_event)
+                await trio.sleep(30)
+                nursery.cancel_scope.cancel()
+            await client.send(ev.TextMessage(PING_FRAME % "still here"))
+            assert '"reply":"still here"' in await client.text()
+
+            quiet, _ = await Client.connect(server)
+            quiet.answer_pings = False
+            assert await quiet.closed() == (1008, "heartbeat timeout")
+
+
+async def test_the_client_closes_and_the_server_echoes() -> None:
+    closed: list[tuple[int, str] | None] = []
+    gone = trio.Event()
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router(closed, gone)) as server:
+            client, _ = await Client.connect(server)
+            await client.send(ev.CloseConnection(4000, "done"))
+            event = await client.next_event()
+            assert isinstance(event, ev.CloseConnection) and event.code == 4000
+            assert await client.next_event() is None  # then TCP closed
+            await gone.wait()
+    assert closed == [(4000, "done")]
+
+
+async def test_the_server_closes_with_code_and_reason() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router()) as server:
+            client, _ = await Client.connect(server)
+            await client.send(ev.TextMessage(PING_FRAME % "close:see you"))
+            assert await client.closed() == (4001, "see you")
+
+
+async def test_a_client_that_just_goes_away_ends_the_connection() -> None:
+    closed: list[tuple[int, str] | None] = []
+    gone = trio.Event()
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router(closed, gone)) as server:
+            client, _ = await Client.connect(server)
+            await client.stream.aclose()
+            await gone.wait()
+    assert closed == [(1006, "")]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (bytes((0x81, 5)) + b"hello", 1002),  # not masked
+        (masked_frame(1, b"\xff\xfe"), 1007),  # not UTF-8
+        (masked_frame(0, b"x"), 1002),  # continuation of nothing
+        (masked_frame(8, b"\x03"), 1002),  # one-byte close payload
+    ],
+)
+async def test_a_protocol_violation_fails_the_connection(frame: bytes, code: int) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router()) as server:
+            client, _ = await Client.connect(server)
+            await client.send(ev.TextMessage(PING_FRAME % "before"))
+            assert '"reply":"before"' in await client.text()
+            await client.send_raw(frame)
+            rest = await client.eof()
+            assert rest[:1] == b"\x88"  # a close frame ...
+            assert int.from_bytes(rest[2:4], "big") == code  # ... with the code
+
+
+async def test_a_message_over_the_limit_closes_1009() -> None:
+    limits = Limits(max_message_bytes=100, close_timeout=0.2)
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router(), limits=limits) as server:
+            client, _ = await Client.connect(server)
+            await client.send(ev.TextMessage(PING_FRAME % "fits"))
+            assert '"reply":"fits"' in await client.text()
+            # Refused from its header: the rest of it is skipped, and the close
+            # handshake completes (the client learns the code).
+            await client.send_raw(
+                client.ws.send(ev.TextMessage(PING_FRAME % ("x" * 5000)))
+                + client.ws.send(ev.TextMessage(PING_FRAME % "ignored"))
+            )
+            assert await client.closed() == (1009, "Message too big")
+
+
+async def test_binary_frames_holding_json_are_messages_too() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router()) as server:
+            client, _ = await Client.connect(server)
+            data = (PING_FRAME % "bin").encode()
+            await client.send(ev.BytesMessage(data[:10], message_finished=False))
+            await client.send(ev.BytesMessage(data[10:]))
+            assert '"reply":"bin"' in await client.text()
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context) for a throwaway self-signed certificate."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    return server, client
+
+
+async def test_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, client_ctx = tls
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router(), ssl_context=server_ctx) as server:
+            client, accepted = await Client.connect(server, tls=client_ctx)
+            assert isinstance(accepted, ev.AcceptConnection)
+            for text in ("one", "two"):
+                await client.send(ev.TextMessage(PING_FRAME % text))
+                assert f'"reply":"{text}"' in await client.text()
+            await client.send(ev.CloseConnection(1000))
+            event = await client.next_event()
+            assert isinstance(event, ev.CloseConnection) and event.code == 1000
+
+
+def test_unknown_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        serve(Router(), transport="nope")  # type: ignore[arg-type]

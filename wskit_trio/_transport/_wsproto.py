@@ -1,0 +1,425 @@
+"""The fast transport: plain trio streams, the upgrade through wsproto, frames by
+:mod:`._wsframes`. Stream exceptions become ours here and nowhere else.
+
+No task of its own: whoever calls :meth:`WsprotoTransport.receive` (the
+connection's reader) reads the socket, parses every frame in what arrived,
+answers pings and returns the messages one by one; the next read happens only
+once they are all taken, so a client that sends faster than its handlers run
+is slowed down by TCP. :meth:`~WsprotoTransport.send` writes a whole batch of
+frames with one ``send_all``. One task reads at a time and one writes at a
+time; a task that needs to read while another one is (``close`` waiting for
+the peer's close frame, say) waits for that read and looks at what it brought.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import trio
+from trio.lowlevel import ParkingLot
+from wsproto import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from .._errors import ConnectionClosed
+from . import Accepted, Rejected, UpgradeRequest
+from ._wsframes import (
+    Close,
+    FrameError,
+    FrameReader,
+    Ping,
+    Pong,
+    encode_close,
+    encode_ping,
+    encode_pong,
+    encode_texts,
+)
+
+__all__ = ["WsprotoTransport", "serve_wsproto"]
+
+#: Bytes asked of the socket per read.
+RECEIVE_SIZE: Final = 65536
+#: How long a client may take to send its upgrade request.
+HANDSHAKE_TIMEOUT: Final = 10.0
+_STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+#: How long the writer waits, at most, for the reader to work through what it has
+#: already received (see :meth:`WsprotoTransport.settle`).
+_SETTLE_TIMEOUT: Final = 0.001
+
+
+class WsprotoTransport:
+    """A :class:`~wskit_trio._transport.Transport` over a trio stream."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        request: UpgradeRequest,
+        max_message_bytes: int,
+        *,
+        close_timeout: float = 5.0,
+        buffered: bytes = b"",
+    ) -> None:
+        self._stream = stream
+        self._request = request
+        self._close_timeout = close_timeout
+        self._reader = FrameReader(max_message_bytes)
+        #: Bytes that arrived with the upgrade request, parsed on the first read.
+        self._buffered = buffered
+        #: Set once the peer's close frame (or EOF, or a broken stream) ended the input.
+        self._ended: ConnectionClosed | None = None
+        #: A protocol violation by the peer, raised from ``receive`` once the messages
+        #: before it are taken.
+        self._failure: ConnectionClosed | None = None
+        self._close_sent = False
+        self._stream_closed = False
+        #: A write was cut short (cancelled or failed): the stream carries nothing more.
+        self._broken = False
+        # Parking lots are made when first needed: most connections are idle.
+        self._reading = False
+        self._read_waiters: ParkingLot | None = None
+        self._writing = False
+        self._write_waiters: ParkingLot | None = None
+        self._pings: dict[bytes, trio.Event] | None = None
+        self._ping_count = 0
+        #: For ``settle``: whether the reader holds received messages (or is still
+        #: handling the last one it took), and the writer waiting for it to finish.
+        self._holding = False
+        self._taken = 0
+        self._settle_waiters: ParkingLot | None = None
+
+    @property
+    def request(self) -> UpgradeRequest:
+        return self._request
+
+    # -- receiving --------------------------------------------------------------------
+
+    async def receive(self) -> str | bytes:
+        reader = self._reader
+        while True:
+            message = reader.take()
+            if message is not None:
+                self._holding = True
+                self._taken += 1
+                return message
+            if self._holding:
+                # Done with what was received: the writer may go (see ``settle``).
+                self._holding = False
+                if self._settle_waiters:
+                    self._settle_waiters.unpark_all()
+            if self._failure is not None:
+                await self._fail(self._failure)
+                raise ConnectionClosed(self._failure.code, self._failure.reason)
+            if self._ended is not None:
+                raise ConnectionClosed(self._ended.code, self._ended.reason)
+            await self._read()
+
+    def pending(self) -> int:
+        """Messages received and not yet taken by ``receive``."""
+        return self._reader.pending()
+
+    async def _read(self) -> None:
+        """Read once and process what came; if another task is reading, wait until it
+        has processed what it read."""
+        if self._reading:
+            if self._read_waiters is None:
+                self._read_waiters = ParkingLot()
+            await self._read_waiters.park()
+            return
+        self._reading = True
+        try:
+            data: bytes | bytearray
+            if self._buffered:
+                data, self._buffered = self._buffered, b""
+            else:
+                try:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                except _STREAM_ERRORS:
+                    data = b""
+            if data:
+                await self._process(data)
+            else:
+                self._end(ConnectionClosed(1006, ""))
+        finally:
+            self._reading = False
+            if self._read_waiters:
+                self._read_waiters.unpark_all()
+
+    async def _process(self, data: bytes | bytearray) -> None:
+        try:
+            controls = self._reader.feed(data)
+        except FrameError as exc:
+            if self._failure is None:
+                self._failure = ConnectionClosed(exc.code, exc.reason)
+            if exc.code != 1009:
+                # The framing is lost: nothing more is read (``receive`` fails the
+                # connection once the messages before the error are taken).
+                self._end(self._failure)
+                return
+            # The reader skips the rest of the big frame: the close handshake can
+            # still complete, so the client learns why (close code 1009).
+            controls = self._feed_after_error()
+        for control in controls:
+            if type(control) is Ping:
+                if not self._close_sent:
+                    await self._write_quietly(encode_pong(control.payload))
+            elif type(control) is Pong:
+                event = self._pings.pop(control.payload, None) if self._pings else None
+                if event is not None:
+                    event.set()
+            elif type(control) is Close:
+                await self._on_peer_close(control)
+
+    def _feed_after_error(self) -> list[Ping | Pong | Close]:
+        try:
+            return self._reader.feed(b"")
+        except FrameError:
+            return []
+
+    async def _on_peer_close(self, close: Close) -> None:
+        self._end(ConnectionClosed(close.code, close.reason))
+        if not self._close_sent:
+            # Echo it (RFC 6455 §5.5.1); as the server we then close TCP first.
+            self._close_sent = True
+            await self._write_quietly(encode_close(close.code))
+        await self._close_stream()
+
+    def _end(self, closed: ConnectionClosed) -> None:
+        if self._ended is None:
+            self._ended = closed
+        self._reader.discard()
+        if self._pings:
+            for event in self._pings.values():
+                event.set()
+            self._pings.clear()
+
+    async def _fail(self, failure: ConnectionClosed) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): a close frame with the code, then TCP
+        closed. For 1009 the framing is intact, so the peer's close is waited for."""
+        if failure.code == 1009:
+            with trio.move_on_after(self._close_timeout):
+                await self.close(failure.code, failure.reason)
+        if not self._close_sent:
+            self._close_sent = True
+            await self._write_quietly(encode_close(failure.code, failure.reason))
+        self._end(failure)
+        await self._close_stream()
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def send(self, messages: Sequence[str]) -> None:
+        if self._close_sent or self._broken or self._stream_closed:
+            closed = self._ended or self._failure or ConnectionClosed(1006, "")
+            raise ConnectionClosed(closed.code, closed.reason)
+        await self._write(encode_texts(messages))
+
+    async def settle(self) -> None:
+        """Called by the connection's writer before it takes a batch. While the reader
+        works through messages it has already received (their answers going into the
+        outbound queue), wait until it is done with them, so the answers to a burst
+        go out in one write, not one write each. A reader on its last message is not
+        waited for (a lone request's answer goes at once), nor one that takes no new
+        message for ``_SETTLE_TIMEOUT`` (held up in a slow handler)."""
+        while self._holding and self._reader.pending():
+            taken = self._taken
+            if self._settle_waiters is None:
+                self._settle_waiters = ParkingLot()
+            with trio.move_on_after(_SETTLE_TIMEOUT):
+                await self._settle_waiters.park()
+                return
+            if self._taken == taken:
+                return
+
+    async def _write(self, data: bytes) -> None:
+        """One ``send_all``; writes never interleave."""
+        while self._writing:
+            if self._write_waiters is None:
+                self._write_waiters = ParkingLot()
+            await self._write_waiters.park()
+        if self._broken or self._stream_closed:
+            raise ConnectionClosed(1006, "")
+        self._writing = True
+        done = False
+        try:
+            await self._stream.send_all(data)
+            done = True
+        except _STREAM_ERRORS:
+            raise ConnectionClosed(1006, "") from None
+        finally:
+            self._writing = False
+            if not done:
+                # Part of a frame may be on the wire: nothing more can follow it.
+                self._broken = True
+            if self._write_waiters:
+                self._write_waiters.unpark()
+
+    async def _write_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._write(data)
+
+    # -- closing and pings --------------------------------------------------------------
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._stream_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if not self._close_sent and self._ended is None and not self._broken:
+                self._close_sent = True
+                self._reader.discard()
+                await self._write_quietly(encode_close(code, reason))
+            # The close handshake: read (or wait for the reader) until the peer's
+            # close frame or EOF; the caller bounds how long.
+            while self._ended is None and not self._broken and not self._stream_closed:
+                await self._read()
+        finally:
+            await self._close_stream()
+
+    async def _close_stream(self) -> None:
+        if self._stream_closed:
+            return
+        self._stream_closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
+            try:
+                await self._stream.aclose()
+            except (*_STREAM_ERRORS, trio.BusyResourceError):
+                # A TLS stream busy sending closes its transport all the same.
+                pass
+        # Whoever still waits for this stream finds it closed.
+        if self._ended is None:
+            self._end(ConnectionClosed(1006, ""))
+
+    async def ping(self) -> None:
+        """Send a ping and return when its pong arrives (the reader sees it: it reads
+        every frame). Returns at once if the connection ends meanwhile; how it ended
+        is the reader's to report."""
+        if self._ended is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        self._ping_count += 1
+        payload = self._ping_count.to_bytes(8, "big")
+        if self._pings is None:
+            self._pings = {}
+        event = self._pings[payload] = trio.Event()
+        try:
+            await self._write(encode_ping(payload))
+            await event.wait()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._pings.pop(payload, None)
+
+
+# -- the upgrade ---------------------------------------------------------------------------
+
+
+def _remote(stream: trio.abc.Stream) -> str | None:
+    inner: Any = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    sock = getattr(inner, "socket", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        return None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return None if peer is None else str(peer)
+
+
+async def _read_request(
+    stream: trio.abc.Stream, handshake: H11Handshake
+) -> tuple[UpgradeRequest, bytes] | None:
+    """Read the upgrade request. Returns it with any bytes that came after it, or
+    ``None`` (after answering 400 to anything that is not a WebSocket upgrade)."""
+    while True:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return None
+        try:
+            handshake.receive_data(bytes(data))
+            event = next(iter(handshake.events()), None)
+            if not isinstance(event, Request):
+                continue
+            # wsproto takes Host out of the header list (into the event); put it back
+            # so ``authenticate`` sees every header the client sent, as with
+            # trio-websocket.
+            headers = [("host", event.host)] + [
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in event.extra_headers
+            ]
+            request = UpgradeRequest.from_target(
+                event.target, headers, event.subprotocols, _remote(stream)
+            )
+        except Exception as exc:  # wsproto/h11 raise more than RemoteProtocolError
+            hint = exc.event_hint if isinstance(exc, RemoteProtocolError) else None
+            if not isinstance(hint, RejectConnection):
+                hint = RejectConnection(status_code=400)
+            with contextlib.suppress(LocalProtocolError):
+                await stream.send_all(handshake.send(hint))
+            return None
+        break
+    # Bytes the client sent after its request (frames it did not wait to send).
+    h11_conn = getattr(handshake, "_h11_connection", None)
+    trailing = getattr(h11_conn, "trailing_data", (b"", False))[0]
+    return request, bytes(trailing)
+
+
+async def _upgrade(
+    stream: trio.abc.Stream, decide: Callable[[UpgradeRequest], Awaitable[Accepted | Rejected]]
+) -> tuple[UpgradeRequest, Accepted, bytes] | None:
+    """The HTTP upgrade: read the request, decide, answer 101 or the refusal. Returns
+    the request, the decision and the bytes that came after the request, or
+    ``None`` when there is no WebSocket (the handshake state is freed either way)."""
+    handshake = H11Handshake(ConnectionType.SERVER)
+    try:
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            got = await _read_request(stream, handshake)
+        if got is None:
+            return None
+        request, trailing = got
+        decision = await decide(request)
+        if isinstance(decision, Rejected):
+            body = decision.body.encode("utf-8")
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ]
+            refusal = RejectConnection(status_code=decision.status, headers=headers, has_body=True)
+            await stream.send_all(
+                handshake.send(refusal) + handshake.send(RejectData(data=body, body_finished=True))
+            )
+            return None
+        await stream.send_all(handshake.send(AcceptConnection(subprotocol=decision.subprotocol)))
+    except (*_STREAM_ERRORS, LocalProtocolError):
+        return None
+    return request, decision, trailing
+
+
+async def serve_wsproto(
+    listeners: Sequence[trio.SocketListener | trio.SSLListener[trio.SocketStream]],
+    *,
+    decide: Callable[[UpgradeRequest], Awaitable[Accepted | Rejected]],
+    run_connection: Callable[[WsprotoTransport, object], Awaitable[None]],
+    handler_nursery: trio.Nursery,
+    max_message_bytes: int,
+    close_timeout: float = 5.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept WebSockets on ``listeners`` until cancelled; connections run in
+    ``handler_nursery``, so stopping the accept loop leaves them running."""
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        upgraded = await _upgrade(stream, decide)
+        if upgraded is None:
+            return
+        request, decision, trailing = upgraded
+        transport = WsprotoTransport(
+            stream, request, max_message_bytes, close_timeout=close_timeout, buffered=trailing
+        )
+        del upgraded, trailing
+        await run_connection(transport, decision.data)
+
+    task_status.started()
+    streams: list[Any] = list(listeners)
+    await trio.serve_listeners(handle, streams, handler_nursery=handler_nursery)
