@@ -20,6 +20,7 @@ from wskit_trio import (
     ERROR_CODE_META,
     CloseError,
     ConnectionContext,
+    ConnectionStatistics,
     Context,
     ErrorCode,
     Heartbeat,
@@ -957,3 +958,24 @@ async def test_correlation_ids_are_echoed_exactly() -> None:
             }
             await client.send_raw(json.dumps({"type": "NOPE", "meta": {"correlationId": cid}}))
             assert (await client.receive()).raw == error_frame("UNIMPLEMENTED", rpc=True, cid=cid)
+
+
+async def test_statistics_show_a_connections_load(autojump_clock: trio.testing.MockClock) -> None:
+    """``ctx.statistics()``: RPCs in flight, topics and the outbound queue, public."""
+    router: Router[Conn] = Router()
+    seen: list[ConnectionStatistics] = []
+
+    @router.on(PING)
+    async def ping(ctx: Context[Ping, Conn]) -> None:
+        await ctx.topics.subscribe("room:1")
+        await ctx.send(PONG, Pong(reply="one"))
+        seen.append(ctx.statistics())
+
+    async with open_test_app(router) as app:
+        client = await app.connect(Conn())
+        await client.send(PING, Ping("x"))
+        assert await client.receive_payload(PONG) == Pong("one")
+    (stats,) = seen
+    assert stats.client_id == client.client_id
+    assert (stats.rpcs_in_flight, stats.topics) == (0, 1)
+    assert stats.outbox.queued == 1 and stats.outbox.dropped == 0

@@ -26,8 +26,7 @@ from examples.flow_control.server import (
     build_app,
     limits,
 )
-from wskit_trio import QueuePolicy, Router, Server, serve
-from wskit_trio._outbound import OutboxStatistics
+from wskit_trio import OutboxStatistics, QueuePolicy, Router, Server, serve
 from wskit_trio.client import Client, open_client
 
 __all__ = ["net_clock"]  # the fixture, re-exported so pytest finds it here
@@ -37,8 +36,7 @@ def queue_stats(server: Server[None], client_id: str) -> OutboxStatistics:
     """The server-side statistics of one client's outbound queue."""
     for conn in server.connections:
         if conn.client_id == client_id:
-            stats: OutboxStatistics = conn.statistics()["outbox"]
-            return stats
+            return conn.statistics().outbox
     raise LookupError(client_id)
 
 

@@ -319,6 +319,8 @@ async def test_authenticate_sees_the_request_and_its_result_is_the_data() -> Non
     assert first.header("HOST") == f"127.0.0.1:{server.port}"
     assert list(first.subprotocols) == ["chat.v1", "bearer.other"]
     assert first.token == "tok-1"
+    assert first.remote is not None and first.remote.startswith("127.0.0.1:")
+    assert int(first.remote.rsplit(":", 1)[1]) > 0
     assert seen[1].path == "/" and seen[1].token == "tok-2"
     assert seen[2].token is None
 

@@ -1,6 +1,7 @@
 """wskit_trio: typed real-time WebSocket servers and clients for trio (WS-Kit compatible)."""
 
 from ._config import Heartbeat, Limits
+from ._connection import ConnectionStatistics
 from ._context import ConnectionContext, Context, RpcContext
 from ._errors import (
     CloseError,
@@ -11,11 +12,11 @@ from ._errors import (
     UpgradeRejected,
     WsKitError,
 )
-from ._outbound import QueuePolicy
+from ._outbound import OutboxStatistics, QueuePolicy
 from ._protocol.codes import ERROR_CODE_META, ErrorCode
 from ._router import Middleware, Next, Router
 from ._schema import MessageSchema, RpcSchema, message, rpc
-from ._server import Server, ServerStatistics, serve
+from ._server import Server, ServerStatistics, TransportName, serve
 from ._transport import UpgradeRequest
 from .middleware import Metrics, MetricsStatistics, log_messages, require_auth
 from .pubsub import MemoryPubSub, PublishResult, TopicPolicy, with_pubsub
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosed",
     "ConnectionContext",
+    "ConnectionStatistics",
     "Context",
     "ErrorCode",
     "Heartbeat",
@@ -46,6 +48,7 @@ __all__ = [
     "Middleware",
     "Next",
     "OutboundValidationError",
+    "OutboxStatistics",
     "PublishResult",
     "QueuePolicy",
     "RateLimitDecision",
@@ -57,6 +60,7 @@ __all__ = [
     "Server",
     "ServerStatistics",
     "TopicPolicy",
+    "TransportName",
     "UpgradeRejected",
     "UpgradeRequest",
     "WsKitError",

@@ -16,18 +16,19 @@ import time
 import uuid
 from typing import Any, Generic, TypeVar
 
+import attrs
 import trio
 
 from ._config import Heartbeat, Limits
 from ._context import ConnectionContext, Context, RpcContext
 from ._errors import CloseError, ConnectionClosed, WsKitError
-from ._outbound import FrameKind, Outbox
+from ._outbound import FrameKind, Outbox, OutboxStatistics
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
 from ._router import CompiledRouter, Route, maybe_await, run_chain
 from ._transport import Transport
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "ConnectionStatistics"]
 
 log = logging.getLogger("wskit_trio")
 
@@ -242,7 +243,10 @@ class Connection(Generic[D]):
         while True:
             await trio.sleep(heartbeat.interval)
             with trio.move_on_after(heartbeat.timeout):
-                await self.transport.ping()
+                try:
+                    await self.transport.ping()
+                except ConnectionClosed:
+                    return  # the reader sees the close too and ends the connection
                 continue
             if heartbeat.on_stale is not None:
                 try:
@@ -408,9 +412,18 @@ class Connection(Generic[D]):
 
     # -- introspection ------------------------------------------------------------
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "client_id": self.client_id,
-            "rpcs_in_flight": len(self.rpcs),
-            "outbox": self.outbox.statistics(),
-        }
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            self.client_id, len(self.rpcs), len(self.topics), self.outbox.statistics()
+        )
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    """One connection's load: what it has in flight and how its outbound queue fares
+    (``outbox.dropped`` counts frames a slow client lost to the queue policy)."""
+
+    client_id: str
+    rpcs_in_flight: int
+    topics: int
+    outbox: OutboxStatistics

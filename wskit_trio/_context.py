@@ -26,7 +26,7 @@ from ._schema import MessageSchema
 from .pubsub._backend import PublishResult
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from ._connection import Connection, ConnectionStatistics
 
 __all__ = ["ConnectionContext", "Context", "RpcContext", "Topics"]
 
@@ -171,6 +171,11 @@ class ConnectionContext(Generic[D]):
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection after the frames already queued have been sent."""
         self._conn.close_soon(code, reason)
+
+    def statistics(self) -> ConnectionStatistics:
+        """This connection's RPCs in flight, topics and outbound queue (sent, queued,
+        dropped by the queue policy, high-water mark)."""
+        return self._conn.statistics()
 
     @property
     def topics(self) -> Topics:

@@ -96,6 +96,11 @@ async def serve_trio_websocket(
 
     async def handle(request: trio_websocket.WebSocketRequest) -> None:
         remote = request.remote
+        if isinstance(remote, trio_websocket.Endpoint):
+            # The same "host:port" form the wsproto transport reports.
+            host_part = str(remote.address)
+            host_part = f"[{host_part}]" if ":" in host_part else host_part
+            remote = f"{host_part}:{remote.port}"
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
         # wsproto takes Host out of the header list (into the event); put it back so
         # ``authenticate`` sees every header the client sent.
