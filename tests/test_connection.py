@@ -688,6 +688,88 @@ async def test_default_limit_is_one_mebibyte() -> None:
         assert (await client.wait_closed())[0] == 1009
 
 
+SLOW = rpc("SLOW", Ping, "SLOWED", Pong)
+#: Room for the RPC requests below (their meta makes them longer than ``LIMIT``).
+RPC_LIMIT = 128
+
+
+def oversize_router(cancelled: list[str]) -> Router[Conn]:
+    """``build_router`` plus SLOW, an RPC that never answers (it notes its cancellation)."""
+    router = build_router(Seen())
+
+    @router.rpc(SLOW)
+    async def slow(ctx: RpcContext[Ping, Pong, Conn]) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.append(ctx.payload.text)
+
+    return router
+
+
+@pytest.mark.parametrize(
+    "big", [ping_of_bytes(RPC_LIMIT + 1), ping_of_bytes(RPC_LIMIT + 1).encode()]
+)
+async def test_answers_queued_before_an_oversize_frame_go_out_before_the_1009_close(
+    big: str | bytes,
+) -> None:
+    # The messages before the oversize one were accepted, so their answers are not
+    # lost: the client reads nothing until it has sent everything, and with no room
+    # in its buffer the writer holds the first answer, the rest stay queued.
+    cancelled: list[str] = []
+    limits = Limits(max_message_bytes=RPC_LIMIT)
+    async with open_app(oversize_router(cancelled), limits=limits) as app:
+        client = await app.connect(Conn(), client_buffer=0)
+        await client.send_raw('{"type": "PING", "payload": {"text": "one"}}')
+        await client.request(ECHO, Ping("two"), correlation_id="e")
+        await trio.testing.wait_all_tasks_blocked()  # ECHO has replied: queued
+        await client.request(SLOW, Ping("slow"), correlation_id="s")
+        await client.send_raw('{"type": "PING", "payload": {"text": "three"}}')
+        await client.send_raw(big)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [e.code for e in app.errors] == ["RESOURCE_EXHAUSTED"]
+        assert app.errors[0].message == "Message too big"
+        assert cancelled == ["slow"]  # in flight: cancelled, nothing sent for it
+        assert await client.wait_closed() == (1009, "Message too big")
+        assert [frame.raw for frame in client.received] == [
+            {"type": "PONG", "meta": {}, "payload": {"reply": "one"}},
+            {"type": "ECHOED", "meta": {"correlationId": "e"}, "payload": {"reply": "two"}},
+            {"type": "PONG", "meta": {}, "payload": {"reply": "three"}},
+        ]
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.connection.closed == (1009, "Message too big")
+        assert len(app.errors) == 1
+
+
+async def test_a_client_that_reads_nothing_after_an_oversize_frame_is_cut_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ended_at: list[float] = []
+    ended = trio.Event()
+    cancelled: list[str] = []
+    router = oversize_router(cancelled)
+
+    @router.on_close
+    def on_close(ctx: ConnectionContext[Conn]) -> None:
+        ended_at.append(trio.current_time())
+        ended.set()
+
+    limits = Limits(max_message_bytes=RPC_LIMIT, close_timeout=5)
+    async with open_app(router, limits=limits, within=100) as app:
+        client = await app.connect(Conn(), client_buffer=0)
+        await client.request(SLOW, Ping("slow"), correlation_id="s")
+        for text in ("one", "two", "three"):
+            await client.send_raw(json.dumps({"type": "PING", "payload": {"text": text}}))
+        await client.send_raw(ping_of_bytes(RPC_LIMIT + 1))
+        start = trio.current_time()
+        await ended.wait()  # the client reads nothing: the answers cannot go out
+        assert ended_at[0] - start <= limits.close_timeout + 0.01
+        assert client.connection.closed == (1009, "Message too big")
+        assert cancelled == ["slow"]
+        assert [e.code for e in app.errors] == ["RESOURCE_EXHAUSTED"]
+        assert await client.wait_closed() == (1009, "Message too big")
+
+
 # -- lifecycle hooks ------------------------------------------------------------------
 
 

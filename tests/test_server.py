@@ -179,6 +179,55 @@ async def test_oversize_frame_closes_1009_counting_bytes() -> None:
     assert len(closed) == 2
 
 
+@pytest.mark.parametrize("binary", [False, True])
+async def test_answers_before_an_oversize_frame_arrive_before_the_1009_close(
+    binary: bool,
+) -> None:
+    # The messages before the oversize one were accepted: the RPC's reply and the
+    # event's answer reach the client, then the close. The client reads nothing until
+    # it has sent everything.
+    replied, sent = trio.Event(), trio.Event()
+    errors: list[tuple[str, str]] = []
+    router: Router[Any] = Router()
+
+    @router.rpc(ECHO)
+    async def echo(ctx: RpcContext[Ping, Pong, Any]) -> None:
+        await ctx.reply(Pong(reply=ctx.payload.text))
+        replied.set()
+
+    @router.on(PING)
+    async def ping(ctx: Context[Ping, Any]) -> None:
+        # Inline in the reader: the oversize frame is read only once this returns,
+        # after it was sent and the RPC's reply was queued.
+        await replied.wait()
+        await sent.wait()
+        await ctx.send(PONG, Pong(reply=ctx.payload.text))
+
+    router.on_error(lambda err, ctx: errors.append((str(err.code), err.message)))
+    too_big = '{"type": "PING", "payload": {"text": "' + "x" * 200 + '"}}'
+    with trio.fail_after(TIMEOUT):
+        async with running(router, limits=Limits(max_message_bytes=128)) as server:
+            client = await open_client(server.url)
+            await client.send(
+                '{"type": "ECHO", "meta": {"correlationId": "e"}, "payload": {"text": "rpc"}}'
+            )
+            await client.send('{"type": "PING", "payload": {"text": "event"}}')
+            await client.send(too_big.encode() if binary else too_big)
+            sent.set()
+            assert await client.recv_json() == {
+                "type": "ECHOED",
+                "meta": {"correlationId": "e"},
+                "payload": {"reply": "rpc"},
+            }
+            assert await client.recv_json() == {
+                "type": "PONG",
+                "meta": {},
+                "payload": {"reply": "event"},
+            }
+            assert await client.wait_closed() == (1009, "Message too big")
+    assert errors == [("RESOURCE_EXHAUSTED", "Message too big")]
+
+
 async def test_a_lone_surrogate_cannot_crash_the_server() -> None:
     # Valid JSON text (an escape), but not encodable as UTF-8 once decoded: echoing it
     # used to crash the writer, and with it every connection of the server.

@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 import wsproto
+import wsproto.connection
 import wsproto.events as ev
 from conftest import PING, PONG, Ping, Pong
 
@@ -34,6 +35,8 @@ from wskit_trio import (
     UpgradeRequest,
     serve,
 )
+from wskit_trio._errors import ConnectionClosed, MessageTooBig
+from wskit_trio._transport._wsproto import WsprotoTransport
 
 TIMEOUT = 10
 
@@ -375,6 +378,72 @@ async def test_a_message_over_the_limit_closes_1009() -> None:
                 + client.ws.send(ev.TextMessage(PING_FRAME % "ignored"))
             )
             assert await client.closed() == (1009, "Message too big")
+
+
+async def test_a_message_over_the_limit_is_reported_without_closing() -> None:
+    # The transport alone, on a memory stream: ``receive`` raises MessageTooBig once
+    # the message before it is taken and closes nothing, so answers can still be
+    # sent, then the close handshake with 1009 completes.
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    transport = WsprotoTransport(server_stream, UpgradeRequest(), 100, close_timeout=5)
+    client = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT)
+    await client_stream.send_all(
+        client.send(ev.TextMessage("first"))
+        + client.send(ev.TextMessage("x" * 5000))
+        + client.send(ev.Ping(b"p"))
+        + client.send(ev.TextMessage("ignored"))
+    )
+    events: list[ev.Event] = []
+
+    async def read_until(kind: type[ev.Event]) -> None:
+        while not any(isinstance(event, kind) for event in events):
+            data = await client_stream.receive_some()
+            assert data, "the server closed the stream"
+            client.receive_data(bytes(data))
+            events.extend(client.events())
+
+    with trio.fail_after(TIMEOUT):
+        assert await transport.receive() == "first"
+        with pytest.raises(MessageTooBig) as raised:
+            await transport.receive()
+        assert isinstance(raised.value, ConnectionClosed)
+        assert (raised.value.code, raised.value.reason) == (1009, "Message too big")
+        await transport.send(["answer"])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport.close, 1009, "Message too big")
+            await read_until(ev.CloseConnection)
+            await client_stream.send_all(client.send(ev.CloseConnection(1009)))
+        assert await client_stream.receive_some() == b""  # then the stream closed
+    assert [type(event) for event in events] == [ev.Pong, ev.TextMessage, ev.CloseConnection]
+    assert isinstance(events[1], ev.TextMessage) and events[1].data == "answer"
+    assert isinstance(events[2], ev.CloseConnection)
+    assert (events[2].code, events[2].reason) == (1009, "Message too big")
+
+
+async def test_answers_before_a_message_over_the_limit_go_out_before_the_1009() -> None:
+    # All in one write, so the server reads them at once: the transport reports the
+    # big one without closing, and the answers the reader has just queued for the
+    # messages before it still go out, then the close handshake (with a ping
+    # answered on the way: the framing is intact after the skipped payload).
+    limits = Limits(max_message_bytes=100, close_timeout=5)
+    errors: list[str] = []
+    router = echo_router()
+    router.on_error(lambda err, ctx: errors.append(f"{err.code} {err.message}"))
+    with trio.fail_after(TIMEOUT):
+        async with running(router, limits=limits) as server:
+            client, _ = await Client.connect(server)
+            await client.send_raw(
+                client.ws.send(ev.TextMessage(PING_FRAME % "one"))
+                + client.ws.send(ev.TextMessage(PING_FRAME % "two"))
+                + client.ws.send(ev.TextMessage(PING_FRAME % ("x" * 5000)))
+                + client.ws.send(ev.Ping(b"still framed"))
+                + client.ws.send(ev.TextMessage(PING_FRAME % "ignored"))
+            )
+            assert '"reply":"one"' in await client.text()
+            assert '"reply":"two"' in await client.text()
+            assert await client.closed() == (1009, "Message too big")
+            assert client.pongs == [b"still framed"]
+    assert errors == ["RESOURCE_EXHAUSTED Message too big"]
 
 
 async def test_binary_frames_holding_json_are_messages_too() -> None:

@@ -21,7 +21,8 @@ class Limits:
     """Per-connection bounds. Every one exists so a client cannot make the server
     hold unbounded memory or work."""
 
-    #: Larger inbound frames close the connection with 1009 (counted in bytes).
+    #: Larger inbound frames close the connection with 1009 (counted in bytes), once
+    #: the answers already queued for the messages before it are sent.
     max_message_bytes: int = 1024 * 1024
     #: RPCs running at once on one connection; more are answered RESOURCE_EXHAUSTED.
     max_in_flight_rpcs: int = 1000

@@ -21,7 +21,7 @@ import trio
 
 from ._config import Heartbeat, Limits
 from ._context import ConnectionContext, Context, RpcContext
-from ._errors import CloseError, ConnectionClosed, WsKitError
+from ._errors import CloseError, ConnectionClosed, MessageTooBig, WsKitError
 from ._outbound import FrameKind, Outbox, OutboxStatistics
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
@@ -211,13 +211,35 @@ class Connection(Generic[D]):
                 if pending is not None:
                     self.outbox.burst_task = me if pending() else None
                 await self.dispatch(data)
+        except MessageTooBig:
+            await self._message_too_big()
+            return
         except ConnectionClosed as exc:
             self.closed = (exc.code, exc.reason)
             if exc.code == 1009:
+                # The socket closed itself for a too-big message (trio-websocket does,
+                # for one far over the limit): nothing can be sent any more.
                 await self.router.report(
                     WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Message too big"), self.context
                 )
         self._nursery.cancel_scope.cancel()
+
+    async def _message_too_big(self) -> None:
+        """A message over ``max_message_bytes`` (protocol.md §4, §8): close with 1009,
+        but only once the answers already queued are out. The messages before it
+        were accepted, so their answers are not lost (the transport has stopped
+        reading and left the socket open). RPCs still running are cancelled with
+        nothing more sent for them; a client that reads nothing more is cut off
+        after ``close_timeout``."""
+        await self.router.report(
+            WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Message too big"), self.context
+        )
+        self._cancel_rpcs()
+        # The writer drains the queue, then does the close handshake and ends the
+        # connection (which cancels this wait).
+        self.close_soon(1009, "Message too big")
+        await trio.sleep(self.limits.close_timeout)
+        self.abort(self._close_code, self._close_reason)
 
     def _start_overflow(self) -> None:
         if self._nursery is not None and not self._nursery.cancel_scope.cancel_called:

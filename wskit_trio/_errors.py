@@ -10,6 +10,7 @@ The tree, named by who is at fault::
     ├── CloseError                 an on_open hook refuses a connection with a close code
     ├── UpgradeRejected            authenticate refuses the HTTP upgrade with a status
     ├── ConnectionClosed           the WebSocket is gone; the operation cannot complete
+    │   ├── MessageTooBig          server: a message over max_message_bytes (close 1009)
     │   ├── ConnectError           client: the WebSocket could not be opened (refused, 401...)
     │   └── FrameDropped           client: offline, and the offline queue refused the frame
     ├── ConfigurationError         the application wired something up wrong
@@ -35,6 +36,7 @@ __all__ = [
     "ConnectionClosed",
     "FrameDropped",
     "InboundValidationError",
+    "MessageTooBig",
     "OutboundValidationError",
     "RateLimited",
     "RequestTimeout",
@@ -134,6 +136,19 @@ class ConnectionClosed(Exception):
         self.code = code
         self.reason = reason
         super().__init__(f"connection closed: {code} {reason}".rstrip())
+
+
+class MessageTooBig(ConnectionClosed):
+    """A transport's ``receive`` found a message over ``Limits.max_message_bytes``.
+
+    The socket is still open: the transport stopped reading and left the close to
+    the connection, which sends the answers already queued for the messages before
+    it, then closes with 1009 (protocol.md §4, §8). Being a ``ConnectionClosed(1009)``,
+    code that only cares that reading is over needs nothing more.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(1009, "Message too big")
 
 
 class ConfigurationError(TypeError):

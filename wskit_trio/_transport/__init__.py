@@ -105,9 +105,13 @@ class Transport(Protocol):
     def request(self) -> UpgradeRequest: ...
 
     async def receive(self) -> str | bytes:
-        """The next message. Raises ``ConnectionClosed`` once the socket is closed; a
-        message over the size limit closes the socket with 1009 and raises
-        ``ConnectionClosed(1009)``."""
+        """The next message. Raises ``ConnectionClosed`` once the socket is closed.
+
+        A message over the size limit (in bytes) raises ``MessageTooBig`` (a
+        ``ConnectionClosed(1009)``) once the messages before it are taken, and
+        leaves the socket open: no more messages are read, while ``send`` still
+        works and ``close`` still completes the handshake, so the connection can
+        send what it has queued and then close with 1009 itself."""
         ...
 
     async def send(self, messages: Sequence[str]) -> None:

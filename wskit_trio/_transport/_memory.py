@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from .._errors import ConnectionClosed
+from .._errors import ConnectionClosed, MessageTooBig
 from . import UpgradeRequest
 
 __all__ = ["CloseMarker", "MemoryTransport", "memory_pair"]
@@ -62,8 +62,9 @@ class MemoryTransport:
             raise ConnectionClosed(marker.code, marker.reason) from None
         size = len(item) if isinstance(item, bytes) else len(item.encode("utf-8"))
         if size > self._max_bytes:
-            await self.close(1009, "Message too big")
-            raise ConnectionClosed(1009, "Message too big")
+            # The socket stays open: the connection sends what it has queued, then
+            # closes with 1009.
+            raise MessageTooBig()
         return item
 
     async def send(self, messages: Sequence[str]) -> None:

@@ -1,4 +1,11 @@
-"""The trio-websocket adapter: its exceptions become ours here and nowhere else."""
+"""The trio-websocket adapter: its exceptions become ours here and nowhere else.
+
+trio-websocket closes the socket itself (1009) when a message exceeds its own
+``max_message_size``, dropping what was still to be sent. So it gets a larger
+limit (``_library_limit``) and the adapter checks ours, in bytes, without
+closing: the connection sends what it has queued, then closes with 1009. Only a
+message far over the limit still meets the library's own close.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,17 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 import trio_websocket
 
-from .._errors import ConnectionClosed
+from .._errors import ConnectionClosed, MessageTooBig
 from . import Accepted, Rejected, UpgradeRequest
 
 __all__ = ["TrioWebsocketTransport", "serve_trio_websocket"]
+
+
+def _library_limit(max_message_bytes: int) -> int:
+    """trio-websocket's own ``max_message_size`` for our byte limit: it counts the
+    characters of text messages (up to 4 bytes each), and what it refuses it closes
+    on its own, so well above ours (a message up to 4x over ours is still ours)."""
+    return 4 * max_message_bytes + 65536
 
 
 def _closed(exc: trio_websocket.ConnectionClosed) -> ConnectionClosed:
@@ -45,15 +59,19 @@ class TrioWebsocketTransport:
             message = await self._ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc) from None
-        # trio-websocket counts characters of text frames; the limit is in bytes.
-        # A str of n code points has at most 4n UTF-8 bytes, so most frames skip encoding.
-        if (
-            isinstance(message, str)
-            and len(message) * 4 > self._max_bytes
-            and len(message.encode("utf-8")) > self._max_bytes
-        ):
-            await self.close(1009, "Message too big")
-            raise ConnectionClosed(1009, "Message too big")
+        # Our limit is in bytes. A str of n code points has at most 4n UTF-8 bytes,
+        # so most text messages skip encoding.
+        if isinstance(message, bytes):
+            too_big = len(message) > self._max_bytes
+        else:
+            too_big = (
+                len(message) * 4 > self._max_bytes
+                and len(message.encode("utf-8")) > self._max_bytes
+            )
+        if too_big:
+            # The socket stays open: the connection sends what it has queued, then
+            # closes with 1009.
+            raise MessageTooBig()
         return message
 
     async def send(self, messages: Sequence[str]) -> None:
@@ -132,8 +150,7 @@ async def serve_trio_websocket(
         handle,
         listeners,
         handler_nursery=handler_nursery,
-        # Characters ≤ bytes: this catches most oversize frames early; ``receive``
-        # checks the exact byte count.
-        max_message_size=max_message_bytes,
+        # ``receive`` checks our limit exactly, without closing (see ``_library_limit``).
+        max_message_size=_library_limit(max_message_bytes),
     )
     await server.run(task_status=task_status)  # type: ignore[arg-type]

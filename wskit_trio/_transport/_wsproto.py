@@ -24,7 +24,7 @@ from wsproto.events import AcceptConnection, RejectConnection, RejectData, Reque
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .._errors import ConnectionClosed
+from .._errors import ConnectionClosed, MessageTooBig
 from . import Accepted, Rejected, UpgradeRequest
 from ._wsframes import (
     Close,
@@ -70,8 +70,8 @@ class WsprotoTransport:
         self._buffered = buffered
         #: Set once the peer's close frame (or EOF, or a broken stream) ended the input.
         self._ended: ConnectionClosed | None = None
-        #: A protocol violation by the peer, raised from ``receive`` once the messages
-        #: before it are taken.
+        #: A protocol violation by the peer (or a message over the limit), raised from
+        #: ``receive`` once the messages before it are taken.
         self._failure: ConnectionClosed | None = None
         self._close_sent = False
         self._stream_closed = False
@@ -110,6 +110,10 @@ class WsprotoTransport:
                 if self._settle_waiters:
                     self._settle_waiters.unpark_all()
             if self._failure is not None:
+                if isinstance(self._failure, MessageTooBig):
+                    # The socket stays open: the connection sends what it has queued
+                    # for the messages before it, then closes with 1009.
+                    raise MessageTooBig()
                 await self._fail(self._failure)
                 raise ConnectionClosed(self._failure.code, self._failure.reason)
             if self._ended is not None:
@@ -152,14 +156,17 @@ class WsprotoTransport:
             controls = self._reader.feed(data)
         except FrameError as exc:
             if self._failure is None:
-                self._failure = ConnectionClosed(exc.code, exc.reason)
+                self._failure = (
+                    MessageTooBig() if exc.code == 1009 else ConnectionClosed(exc.code, exc.reason)
+                )
             if exc.code != 1009:
                 # The framing is lost: nothing more is read (``receive`` fails the
                 # connection once the messages before the error are taken).
                 self._end(self._failure)
                 return
-            # The reader skips the rest of the big frame: the close handshake can
-            # still complete, so the client learns why (close code 1009).
+            # The reader skips the rest of the big frame (and every data frame after
+            # it) but still sees control frames: the answers already queued can go
+            # out, then the close handshake completes (the client learns the code).
             controls = self._feed_after_error()
         for control in controls:
             if type(control) is Ping:
@@ -197,10 +204,8 @@ class WsprotoTransport:
 
     async def _fail(self, failure: ConnectionClosed) -> None:
         """Fail the connection (RFC 6455 §7.1.7): a close frame with the code, then TCP
-        closed. For 1009 the framing is intact, so the peer's close is waited for."""
-        if failure.code == 1009:
-            with trio.move_on_after(self._close_timeout):
-                await self.close(failure.code, failure.reason)
+        closed at once. (A message over the size limit is not failed here: see
+        ``receive``.)"""
         if not self._close_sent:
             self._close_sent = True
             await self._write_quietly(encode_close(failure.code, failure.reason))
