@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -664,6 +666,110 @@ async def test_connect_errors(net_clock: trio.testing.MockClock) -> None:
             raise AssertionError("not reached")
     assert info.value.status is None
     assert isinstance(info.value, ConnectionClosed)
+
+
+async def test_leaving_the_block_completes_the_close_handshake_at_once(
+    net_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(30):
+        async with running_server(echo_router()) as server:
+            async with open_client(server.url) as client:
+                assert await client.request(ECHO, Ping("bye")) == Pong("BYE")
+                start = trio.current_time()
+            # The server's close frame got through: no close_timeout (5 s) waited out.
+            assert trio.current_time() - start < 1
+
+
+# -- a server (or a proxy in front of it) that drops the connection before the upgrade --
+
+
+async def read_request(stream: trio.SocketStream) -> None:
+    """Read the client's upgrade request (so closing sends a FIN, not a reset)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some()
+        if not chunk:
+            return
+        data += chunk
+
+
+async def close_at_once(stream: trio.SocketStream) -> None:
+    await stream.aclose()
+
+
+async def close_after_request(stream: trio.SocketStream) -> None:
+    await read_request(stream)
+    await stream.aclose()
+
+
+async def reset_after_request(stream: trio.SocketStream) -> None:
+    await read_request(stream)
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()  # an RST
+
+
+async def cut_off_503(stream: trio.SocketStream) -> None:
+    await read_request(stream)
+    await stream.send_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 9\r\n")
+    await stream.aclose()
+
+
+async def not_http(stream: trio.SocketStream) -> None:
+    await read_request(stream)
+    await stream.send_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    await stream.aclose()
+
+
+DROPS = [close_at_once, close_after_request, reset_after_request, cut_off_503, not_http]
+
+
+@pytest.mark.parametrize("drop", DROPS, ids=lambda drop: drop.__name__)
+async def test_connection_dropped_before_the_upgrade_fails_at_once(
+    drop: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    # Real time: the attempt must not wait out the (default, 10 s) connect timeout.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, drop, listeners)
+        with trio.fail_after(2), pytest.raises(ConnectError) as info:
+            async with open_client(f"ws://127.0.0.1:{port}"):
+                raise AssertionError("not reached")
+        nursery.cancel_scope.cancel()
+    assert info.value.status == (503 if drop is cut_off_503 else None)
+    if drop is cut_off_503:
+        assert "'HTTP/1.1 503 Service Unavailable'" in str(info.value)
+
+
+async def test_reconnect_backs_off_past_a_dropping_server_until_serve_appears() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    errors: list[Exception] = []
+    failed_thrice = trio.Event()
+
+    def on_error(exc: Exception) -> None:
+        errors.append(exc)
+        if len(errors) >= 3:
+            failed_thrice.set()
+
+    with trio.fail_after(30):
+        async with open_client(
+            f"ws://127.0.0.1:{port}", reconnect=FAST, wait_open=False, on_error=on_error
+        ) as client:
+            async with trio.open_nursery() as fake:
+                fake.start_soon(trio.serve_listeners, close_after_request, listeners)
+                # Three attempts in 2 s of real time: none waits out the 10 s timeout.
+                with trio.fail_after(2):
+                    await failed_thrice.wait()
+                assert client.state in (ClientState.CONNECTING, ClientState.RECONNECTING)
+                fake.cancel_scope.cancel()
+            # The fake server is gone (its listener closed): attempts are refused until
+            # serve() listens on the same port.
+            async with server_on(echo_router(), port):
+                await client.wait_state(ClientState.OPEN)
+                assert await client.request(ECHO, Ping("back")) == Pong("BACK")
+    assert all(isinstance(exc, ConnectError) for exc in errors)
+    assert "before completing the upgrade" in str(errors[0])
 
 
 # -- auth ----------------------------------------------------------------------------------

@@ -1,12 +1,20 @@
 """The client's WebSocket, on trio-websocket: its exceptions become ours here and
-nowhere else (``ConnectError`` for a failed open, ``ConnectionClosed`` after)."""
+nowhere else (``ConnectError`` for a failed open, ``ConnectionClosed`` after).
+
+The open is ours (TCP, TLS, then trio-websocket's handshake over a watched stream),
+so a connection that ends before the server answers the upgrade fails the attempt at
+once instead of after the whole connect timeout."""
 
 from __future__ import annotations
 
+import re
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import NoReturn, cast
 
+import attrs
 import trio
 import trio_websocket
 
@@ -68,6 +76,208 @@ class ClientSocket:
         await self._ws._close_stream()
 
 
+class _WatchedStream(trio.abc.Stream):
+    """The TCP (or TLS) stream under trio-websocket, watched until the opening
+    handshake completes. trio-websocket waits for the server's answer until the
+    connect timeout even when the connection is already gone (the server, or a proxy
+    in front of it, closed or reset it before answering; a TLS failure), so losing
+    the connection then cancels ``handshake`` at once."""
+
+    def __init__(self, stream: trio.abc.Stream, handshake: trio.CancelScope) -> None:
+        self._stream = stream
+        self._handshake: trio.CancelScope | None = handshake
+        #: Why the connection ended during the handshake ("" while it did not).
+        self.lost = ""
+        #: The start of the server's answer, for error messages.
+        self.head = b""
+
+    def opened(self) -> None:
+        """The handshake is complete: stop watching."""
+        self._handshake = None
+
+    def _lose(self, why: str) -> None:
+        if self._handshake is not None:
+            self.lost = self.lost or why
+            self._handshake.cancel()
+
+    def _broken(self, exc: trio.BrokenResourceError) -> None:
+        cause = exc.__cause__ or exc
+        why = str(cause)[:200] or type(cause).__name__
+        self._lose(f"the connection broke before the upgrade completed ({why})")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            self._broken(exc)
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError as exc:
+            self._broken(exc)
+            raise
+        if self._handshake is not None:
+            if not data:
+                self._lose("the server closed the connection before completing the upgrade")
+            elif len(self.head) < 1024:
+                self.head += data
+        return data
+
+    async def aclose(self) -> None:
+        self._lose("the connection was dropped before the upgrade completed")
+        await self._stream.aclose()
+
+
+@attrs.frozen
+class _Target:
+    host: str
+    port: int
+    resource: str
+    ssl_context: ssl.SSLContext | None
+
+    @classmethod
+    def of(cls, url: str, ssl_context: ssl.SSLContext | None) -> _Target:
+        """Where ``url`` points; ``ValueError`` if it is no WebSocket URL."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f'WebSocket URL scheme must be "ws:" or "wss:": {url!r}')
+        if parts.scheme == "ws" and ssl_context is not None:
+            raise ValueError("SSL context must be None for ws: URL scheme")
+        if not parts.hostname:
+            raise ValueError(f"no host in the URL {url!r}")
+        secure = parts.scheme == "wss"
+        resource = (parts.path or "/") + (f"?{parts.query}" if "?" in url else "")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (443 if secure else 80),
+            resource=resource,
+            ssl_context=(ssl_context or ssl.create_default_context()) if secure else None,
+        )
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.ssl_context is not None else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+class _Opening:
+    """One attempt to open the WebSocket (TCP, TLS, the upgrade handshake) within
+    ``connect_timeout``; :meth:`error` turns every way it fails into
+    :class:`ConnectError`."""
+
+    def __init__(self, url: str, connect_timeout: float) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.stream: _WatchedStream | None = None
+
+    async def open(
+        self,
+        nursery: trio.Nursery,
+        target: _Target,
+        *,
+        subprotocols: Sequence[str],
+        headers: Sequence[tuple[str, str]],
+        max_message_size: int,
+    ) -> trio_websocket.WebSocketConnection:
+        """The open connection (its reader task runs in ``nursery``). A rejection or
+        a malformed answer is raised by that task into ``nursery``, not here."""
+        try:
+            with trio.fail_after(self.connect_timeout):
+                tcp: trio.abc.Stream
+                if target.ssl_context is None:
+                    tcp = await trio.open_tcp_stream(target.host, target.port)
+                else:
+                    tcp = await trio.open_ssl_over_tcp_stream(
+                        target.host,
+                        target.port,
+                        ssl_context=target.ssl_context,
+                        https_compatible=True,
+                    )
+                with trio.CancelScope() as handshake:
+                    self.stream = stream = _WatchedStream(tcp, handshake)
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery,
+                        # trio-websocket types its streams narrowly; any Stream works.
+                        cast(trio.SocketStream, stream),
+                        target.host_header,
+                        target.resource,
+                        subprotocols=list(subprotocols) or None,
+                        extra_headers=[
+                            (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers
+                        ]
+                        or None,
+                        max_message_size=max_message_size,
+                    )
+                    stream.opened()
+                    return ws
+                raise self._lost()  # the connection ended before the server's answer
+        except BaseException as exc:
+            if self.stream is not None:
+                await trio.aclose_forcefully(self.stream)
+            if isinstance(exc, trio.TooSlowError):
+                raise ConnectError(
+                    self.url, f"timed out after {self.connect_timeout:g} s"
+                ) from None
+            if isinstance(exc, OSError):
+                raise ConnectError(self.url, str(exc) or type(exc).__name__) from None
+            raise
+
+    def _answer(self) -> str:
+        head = self.stream.head if self.stream is not None else b""
+        return head.split(b"\r\n", 1)[0][:100].decode("latin-1")
+
+    def _lost(self) -> ConnectError:
+        assert self.stream is not None
+        reason, first = self.stream.lost, self._answer()
+        if not first:
+            return ConnectError(self.url, reason)
+        # e.g. a proxy's "HTTP/1.1 503 Service Unavailable", cut off by the close
+        status = re.match(r"HTTP/\d(?:\.\d)? ([1-5]\d\d)\b", first)
+        code = int(status[1]) if status and status[1] != "101" else None
+        return ConnectError(self.url, f"{reason}; its answer began {first!r}", status=code)
+
+    def error(self, exc: Exception) -> ConnectError:
+        """The :class:`ConnectError` for ``exc``, raised by :meth:`open` or by the
+        reader task during the handshake."""
+        if isinstance(exc, ConnectError):
+            return exc
+        if isinstance(exc, trio_websocket.ConnectionRejected):
+            body = (exc.body or b"").decode("utf-8", "replace")
+            reason = f"HTTP {exc.status_code}" + (f" {body}" if body else "")
+            return ConnectError(self.url, reason, status=exc.status_code, body=body)
+        # Anything else the reader task raises before the upgrade completes comes of a
+        # malformed answer (wsproto, h11 protocol errors): not a WebSocket server.
+        first = self._answer()
+        return ConnectError(
+            self.url,
+            f"invalid answer to the upgrade: {first!r}"
+            if first
+            else f"invalid answer to the upgrade ({exc})",
+        )
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(sub) for sub in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` (out of its nursery's group) as it was raised."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
+
+
 @asynccontextmanager
 async def open_socket(
     url: str,
@@ -80,36 +290,43 @@ async def open_socket(
     max_message_size: int = 1024 * 1024,
 ) -> AsyncIterator[ClientSocket]:
     """Open a WebSocket to ``url`` for the block; raises :class:`ConnectError` when
-    it cannot be opened. On exit the socket is closed (gracefully unless cancelled)."""
-    cm = trio_websocket.open_websocket_url(
-        url,
-        ssl_context,
-        subprotocols=list(subprotocols) or None,
-        extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers] or None,
-        connect_timeout=connect_timeout,
-        disconnect_timeout=close_timeout,
-        max_message_size=max_message_size,
-    )
-    opened = finished = False
+    it cannot be opened (at once when the connection ends before the server answers
+    the upgrade). On exit the socket is closed (gracefully unless cancelled)."""
+    target = _Target.of(url, ssl_context)
+    opening = _Opening(url, connect_timeout)
+    ws: trio_websocket.WebSocketConnection | None = None
     try:
-        async with cm as ws:
-            opened = True
-            yield ClientSocket(ws)
-            finished = True
-    except trio_websocket.ConnectionRejected as exc:
-        body = (exc.body or b"").decode("utf-8", "replace")
-        reason = f"HTTP {exc.status_code}" + (f" {body}" if body else "")
-        raise ConnectError(url, reason, status=exc.status_code, body=body) from None
-    except trio_websocket.ConnectionTimeout:
-        raise ConnectError(url, f"timed out after {connect_timeout:g} s") from None
-    except trio_websocket.DisconnectionTimeout:
-        # The peer did not finish the close handshake; the TCP connection is gone now.
-        if not finished:
-            raise
-    except trio_websocket.HandshakeError as exc:
-        cause = exc.__cause__ or exc.__context__
-        raise ConnectError(url, str(cause) if cause else "handshake failed") from None
-    except (OSError, trio_websocket.ConnectionClosed) as exc:
-        if opened:
-            raise
-        raise ConnectError(url, str(exc) or type(exc).__name__) from None
+        async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+            ws = await opening.open(
+                nursery,
+                target,
+                subprotocols=subprotocols,
+                headers=headers,
+                max_message_size=max_message_size,
+            )
+            sock = ClientSocket(ws)
+            try:
+                yield sock
+            finally:
+                await sock.close(grace=close_timeout)
+                # The reader task ends with the connection, and may still be finishing
+                # a close handshake another task started (``Client.aclose``): it gets
+                # ``close_timeout`` more, then it is cut off.
+                nursery.cancel_scope.deadline = trio.current_time() + close_timeout
+    except BaseExceptionGroup as group:
+        real = [exc for exc in group.exceptions if not _only_cancelled(exc)]
+        if ws is None and real:
+            # The open failed: our ConnectError, or what the reader task raised.
+            failure = next((exc for exc in real if isinstance(exc, ConnectError)), real[0])
+            if isinstance(failure, Exception):
+                raise opening.error(failure) from None
+            _reraise(failure)
+        if len(real) == 1:
+            _reraise(real[0])
+        if not real and len(group.exceptions) == 1:
+            _reraise(group.exceptions[0])
+        raise
+    finally:
+        if opening.stream is not None:
+            # trio-websocket leaves it open when the peer closed first. Idempotent.
+            await trio.aclose_forcefully(opening.stream)
