@@ -386,6 +386,7 @@ class Connection(Generic[D]):
         *,
         rpc: bool = False,
     ) -> None:
+        await self.router.report(WsKitError(code, message, details), self.context)
         frame = frames.encode_error(code, message, details, correlation_id=correlation_id, rpc=rpc)
         if rpc and correlation_id is not None:
             # The one answer to an RPC: never dropped, so queued only when there is
@@ -394,7 +395,6 @@ class Connection(Generic[D]):
                 self.outbox.put_nowait(frame, FrameKind.TERMINAL)
         else:
             await self.outbox.put(frame)
-        await self.router.report(WsKitError(code, message, details), self.context)
 
     async def _run_event(self, route: Route, ctx: Context[Any, D]) -> None:
         try:
@@ -429,8 +429,9 @@ class Connection(Generic[D]):
                 self._rpcs_idle.set()
 
     async def _fail(self, ctx: Context[Any, D], err: WsKitError) -> None:
-        await ctx._send_error(err)
+        # Hooks first: once the client sees the error, on_error has seen it too.
         await self.router.report(err, ctx)
+        await ctx._send_error(err)
 
     # -- introspection ------------------------------------------------------------
 
