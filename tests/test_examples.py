@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 from _example_cmd import example_server
+from _net import net_clock
 
 from examples.quickstart import server as chat
 from examples.quickstart.client import Chat, open_chat
@@ -17,6 +18,8 @@ from examples.rate_limiting import server as limits
 from wskit_trio import ErrorCode, Server, UpgradeRejected, serve
 from wskit_trio.client import ConnectError, InboundMessage, RpcError, open_client
 from wskit_trio.testing import open_test_app
+
+__all__ = ["net_clock"]  # the fixture, re-exported so pytest finds it here
 
 # -- in memory, under the mock clock -------------------------------------------------
 
@@ -147,7 +150,9 @@ async def test_quickstart_two_clients_see_each_other_in_order() -> None:
             assert alice.refusals == bob.refusals == []
 
 
-async def test_quickstart_rate_limit_hint_is_on_the_wire_and_obeyed() -> None:
+async def test_quickstart_rate_limit_hint_is_on_the_wire_and_obeyed(
+    net_clock: trio.testing.MockClock,
+) -> None:
     """Over the per-user limit the server answers RESOURCE_EXHAUSTED with retryAfterMs;
     waiting that long is enough; ``Chat.say`` obeys it and loses nothing."""
     capacity, rate = 3, 5.0  # a token every 200 ms
