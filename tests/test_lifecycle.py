@@ -389,3 +389,27 @@ async def test_signal_is_a_graceful_shutdown(tmp_path: Path, signum: signal.Sign
     assert "shutting down gracefully" in text
     assert text.count("on_close") == 1
     assert text.rstrip().endswith("serve returned")
+
+
+async def test_app_close_to_a_client_that_does_not_read_is_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``ctx.close()`` drains what is queued first, but a client that reads nothing
+    more cannot hold the connection open: it is cut off after ``close_timeout``."""
+    router: Router[Conn] = Router()
+
+    @router.on(PING)
+    async def ping(ctx: Context[Ping, Conn]) -> None:
+        for i in range(5):
+            await ctx.send(PONG, Pong(reply=str(i)))
+        await ctx.close(4001, "bye")
+
+    limits = Limits(close_timeout=3.0)
+    with trio.fail_after(30):
+        async with open_test_app(router, limits=limits) as app:
+            client = await app.connect(Conn(), client_buffer=1)
+            start = trio.current_time()
+            await client.send(PING, Ping("x"))
+            await client.connection._finished.wait()
+            assert trio.current_time() - start == pytest.approx(3.0)
+            assert client.connection.closed == (4001, "bye")

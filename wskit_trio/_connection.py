@@ -112,10 +112,21 @@ class Connection(Generic[D]):
             self._finished.set()
 
     def close_soon(self, code: int = 1000, reason: str = "") -> None:
-        """Close after the frames already queued are sent; no new frames are accepted."""
+        """Close after the frames already queued are sent; no new frames are accepted.
+
+        A client that does not read them is cut off after ``limits.close_timeout``.
+        """
         if not self.outbox.closed:
             self._close_code, self._close_reason = code, reason
             self.outbox.close()
+            if self._nursery is not None and not self._finished.is_set():
+                # A nursery already closing refuses the task: nothing left to bound.
+                with contextlib.suppress(RuntimeError):
+                    self._nursery.start_soon(self._cut_off_after_close_timeout)
+
+    async def _cut_off_after_close_timeout(self) -> None:
+        await trio.sleep(self.limits.close_timeout)
+        self.abort(self._close_code, self._close_reason)
 
     def abort(self, code: int, reason: str = "") -> None:
         """Close now: queued frames are discarded and every task of the connection
@@ -236,10 +247,8 @@ class Connection(Generic[D]):
         )
         self._cancel_rpcs()
         # The writer drains the queue, then does the close handshake and ends the
-        # connection (which cancels this wait).
+        # connection; close_soon bounds that by close_timeout.
         self.close_soon(1009, "Message too big")
-        await trio.sleep(self.limits.close_timeout)
-        self.abort(self._close_code, self._close_reason)
 
     def _start_overflow(self) -> None:
         if self._nursery is not None and not self._nursery.cancel_scope.cancel_called:
