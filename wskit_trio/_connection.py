@@ -214,13 +214,12 @@ class Connection(Generic[D]):
         # A transport that reads many messages at once says how many it still holds:
         # while it does, the frames their handlers queue skip the schedule point each
         # (``Outbox.burst_task``); the reader yields when it next reads the socket.
-        pending = getattr(self.transport, "pending", None)
+        pending = self.transport.pending
         me = trio.lowlevel.current_task()
         try:
             while True:
                 data = await self.transport.receive()
-                if pending is not None:
-                    self.outbox.burst_task = me if pending() else None
+                self.outbox.burst_task = me if pending() else None
                 await self.dispatch(data)
         except MessageTooBig:
             await self._message_too_big()

@@ -126,6 +126,13 @@ class Transport(Protocol):
         """Send a protocol ping and return when its pong arrives."""
         ...
 
+    def pending(self) -> int:
+        """Messages already read from the socket and not yet returned by ``receive``
+        (a transport that reads one message at a time says 0). While it is not 0 the
+        reader is in a burst, and the frames its handlers queue skip their schedule
+        point so the answers go out together."""
+        ...
+
 
 @attrs.frozen
 class Accepted:

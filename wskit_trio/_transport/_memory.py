@@ -98,6 +98,9 @@ class MemoryTransport:
         self._outbound.close()
         self._inbound.close()
 
+    def pending(self) -> int:
+        return 0  # one message at a time
+
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
         if self.peer is None or not self.peer.responsive:

@@ -93,6 +93,9 @@ class TrioWebsocketTransport:
             return
         await self._ws.aclose(code, reason)
 
+    def pending(self) -> int:
+        return 0  # trio-websocket hands over one message at a time
+
     async def ping(self) -> None:
         try:
             await self._ws.ping()
