@@ -189,10 +189,8 @@ class Connection(Generic[D]):
 
     async def _write_loop(self) -> None:
         assert self._nursery is not None
-        # A transport may ask to settle before each batch (see ``Outbox.get_batch``).
-        settle = getattr(self.transport, "settle", None)
         try:
-            while batch := await self.outbox.get_batch(settle):
+            while batch := await self.outbox.get_batch(self.transport.settle):
                 await self.transport.send(batch)
                 if self.router.observer is not None:
                     self.router.observer.frames_out(batch)

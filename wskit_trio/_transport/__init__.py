@@ -126,6 +126,12 @@ class Transport(Protocol):
         """Send a protocol ping and return when its pong arrives."""
         ...
 
+    async def settle(self) -> None:
+        """Called by the writer before it takes a batch: a transport whose reader is
+        working through a burst may wait for it, so the answers go out in one write.
+        Others return at once."""
+        ...
+
     def pending(self) -> int:
         """Messages already read from the socket and not yet returned by ``receive``
         (a transport that reads one message at a time says 0). While it is not 0 the

@@ -98,6 +98,9 @@ class MemoryTransport:
         self._outbound.close()
         self._inbound.close()
 
+    async def settle(self) -> None:
+        pass  # no bursts to wait for
+
     def pending(self) -> int:
         return 0  # one message at a time
 

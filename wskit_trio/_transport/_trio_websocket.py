@@ -93,6 +93,9 @@ class TrioWebsocketTransport:
             return
         await self._ws.aclose(code, reason)
 
+    async def settle(self) -> None:
+        pass  # no bursts to wait for
+
     def pending(self) -> int:
         return 0  # trio-websocket hands over one message at a time
 
