@@ -44,6 +44,7 @@ from .._errors import (
     OutboundValidationError,
     RpcError,
 )
+from .._groups import single_exception
 from .._protocol import frames
 from .._protocol.codes import ErrorCode
 from .._protocol.validation import check, unstructure
@@ -151,19 +152,6 @@ def _rpc_error(frame: frames.InboundFrame, type: str | None) -> RpcError:
         type=type,
         correlation_id=frame.correlation_id,
     )
-
-
-def _only_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_cancelled(sub) for sub in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
-
-
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one real exception of the client's nursery (the block's own, or an
-    internal task's), as it was raised: public APIs raise single exceptions."""
-    real = [exc for exc in group.exceptions if not _only_cancelled(exc)]
-    return real[0] if len(real) == 1 else group
 
 
 class Client:
@@ -911,7 +899,9 @@ async def open_client(
         on_unhandled=on_unhandled,
         on_state=on_state,
     )
-    try:
+    # The one real exception of the client's nursery (the block's own, or an internal
+    # task's) leaves as it was raised: public APIs raise single exceptions.
+    with single_exception():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._run_handlers)
             await nursery.start(client._supervise, wait_open)
@@ -920,13 +910,3 @@ async def open_client(
             finally:
                 await client.aclose()
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        exc = _unwrap(group)
-        if exc is group:
-            raise
-        context = exc.__context__
-        try:
-            raise exc
-        finally:
-            exc.__context__ = context
-            del exc, context

@@ -12,13 +12,14 @@ import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import NoReturn, cast
+from typing import cast
 
 import attrs
 import trio
 import trio_websocket
 
 from .._errors import ConnectError, ConnectionClosed
+from .._groups import only_cancelled, reraise, the_one_exception
 
 __all__ = ["ClientSocket", "open_socket"]
 
@@ -262,22 +263,6 @@ class _Opening:
         )
 
 
-def _only_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_cancelled(sub) for sub in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
-
-
-def _reraise(exc: BaseException) -> NoReturn:
-    """Raise ``exc`` (out of its nursery's group) as it was raised."""
-    context = exc.__context__
-    try:
-        raise exc
-    finally:
-        exc.__context__ = context
-        del exc, context
-
-
 @asynccontextmanager
 async def open_socket(
     url: str,
@@ -314,18 +299,17 @@ async def open_socket(
                 # ``close_timeout`` more, then it is cut off.
                 nursery.cancel_scope.deadline = trio.current_time() + close_timeout
     except BaseExceptionGroup as group:
-        real = [exc for exc in group.exceptions if not _only_cancelled(exc)]
+        real = [exc for exc in group.exceptions if not only_cancelled(exc)]
         if ws is None and real:
             # The open failed: our ConnectError, or what the reader task raised.
             failure = next((exc for exc in real if isinstance(exc, ConnectError)), real[0])
             if isinstance(failure, Exception):
                 raise opening.error(failure) from None
-            _reraise(failure)
-        if len(real) == 1:
-            _reraise(real[0])
-        if not real and len(group.exceptions) == 1:
-            _reraise(group.exceptions[0])
-        raise
+            reraise(failure)
+        one = the_one_exception(group)
+        if one is None:
+            raise
+        reraise(one)
     finally:
         if opening.stream is not None:
             # trio-websocket leaves it open when the peer closed first. Idempotent.
