@@ -93,8 +93,8 @@ def make_router(
     router.plugin(with_pubsub(backend, policy=policy))
 
     async def state(ctx: Context[Topic, Any]) -> None:
-        has = ctx.topics.has(ctx.payload.topic)
-        await ctx.send(TOPICS, TopicsState(topics=ctx.topics.list(), has=has))
+        has = await ctx.topics.has(ctx.payload.topic)
+        await ctx.send(TOPICS, TopicsState(topics=await ctx.topics.list(), has=has))
 
     @router.on(SUBSCRIBE)
     async def subscribe(ctx: Context[Topic, Any]) -> None:

@@ -65,10 +65,12 @@ class Topics:
     async def unsubscribe(self, topic: str) -> None:
         await self._conn.router.pubsub.unsubscribe(self._conn, topic)
 
-    def has(self, topic: str) -> bool:
+    async def has(self, topic: str) -> bool:
+        """Whether this connection subscribes to ``topic`` (async like the rest of the
+        API, so a backend may answer it; ``topic in ctx.topics`` is the local check)."""
         return topic in self._conn.topics
 
-    def list(self) -> list[str]:
+    async def list(self) -> list[str]:
         """The subscribed topics, sorted."""
         return sorted(self._conn.topics)
 

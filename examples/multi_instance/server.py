@@ -99,7 +99,7 @@ def build_router(instance: str, pubsub: PubSubBackend) -> Router[Member]:
 
     @router.on(SAY)
     async def say(ctx: Context[Say, Member]) -> None:
-        if not ctx.topics.has(TOPIC):
+        if not await ctx.topics.has(TOPIC):
             raise WsKitError(ErrorCode.FAILED_PRECONDITION, "JOIN first")
         line = ChatLine(user=ctx.data.user, text=ctx.payload.text, via=instance)
         result = await ctx.publish(TOPIC, CHAT_LINE, line)
