@@ -1061,3 +1061,32 @@ async def test_statistics_show_a_connections_load(autojump_clock: trio.testing.M
     assert stats.client_id == client.client_id
     assert (stats.rpcs_in_flight, stats.topics) == (0, 1)
     assert stats.outbox.queued == 1 and stats.outbox.dropped == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "path", "cid"),
+    [
+        ('{"type": "__heartbeat", "x": 1}', "$.x", None),
+        ('{"type": "__heartbeat", "payload": {}}', "$.payload", None),
+        (
+            '{"type": "$ws:abort", "meta": {"correlationId": "c-9", "why": "bored"}}',
+            "$.meta.why",
+            "c-9",
+        ),
+    ],
+)
+async def test_control_frames_are_strict_too(
+    frame: str, path: str, cid: str | None, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``__heartbeat`` and ``$ws:abort`` follow strict mode like every frame (§1-§2):
+    no other root keys, no payload, standard meta keys only."""
+    async with open_test_app(Router[Conn]()) as app:
+        client = await app.connect(Conn())
+        await client.send_raw(frame)
+        error = await client.receive_error()
+        assert error.type == "ERROR" and error.error_code == "INVALID_ARGUMENT"
+        assert error.correlation_id == cid
+        assert [e["path"] for e in error.payload["details"]["errors"]] == [path]
+        # Well-formed control frames still work on the same connection.
+        await client.send_raw('{"type": "__heartbeat", "meta": {"timestamp": 1}}')
+        assert (await client.receive()).type == "__heartbeat_ack"

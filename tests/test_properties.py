@@ -98,9 +98,12 @@ def oracle(data: str | bytes) -> list[Answer]:
     type_ = frame.get("type")
     if not isinstance(type_, str):
         return [Answer("ERROR", "INVALID_ARGUMENT", cid)]
-    if type_ == "__heartbeat":
-        return [Answer("__heartbeat_ack")]
-    if type_ == "$ws:abort":
+    if type_ in ("__heartbeat", "$ws:abort"):
+        # Control frames are strict too: a payload-less frame, standard meta only.
+        if not _valid(frame, has_payload=False):
+            return [Answer("ERROR", "INVALID_ARGUMENT", cid)]
+        if type_ == "__heartbeat":
+            return [Answer("__heartbeat_ack")]
         # Cancels that RPC (none is in flight here); without an id it is malformed.
         return [] if cid is not None else [Answer("ERROR", "INVALID_ARGUMENT")]
     if type_.startswith(("__", "$")):

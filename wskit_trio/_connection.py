@@ -354,6 +354,18 @@ class Connection(Generic[D]):
 
     async def _dispatch_unrouted(self, frame: frames.InboundFrame) -> None:
         msg_type = frame.type
+        if msg_type in (frames.HEARTBEAT_TYPE, frames.ABORT_TYPE):
+            # Control frames are strict too: no payload, standard meta keys only.
+            problems = frames.validate_frame(frame, None, None)
+            if isinstance(problems, list):
+                details = {"errors": [{"path": p, "message": m} for p, m in problems]}
+                await self._refuse(
+                    ErrorCode.INVALID_ARGUMENT,
+                    "Validation failed",
+                    details,
+                    frame.correlation_id,
+                )
+                return
         if msg_type == frames.HEARTBEAT_TYPE:
             await self.outbox.put(frames.encode_heartbeat_ack(int(time.time() * 1000)))
         elif msg_type == frames.ABORT_TYPE:
