@@ -515,6 +515,37 @@ async def test_cancelled_request_aborts_on_the_server(net_clock: trio.testing.Mo
             assert client.statistics().pending_requests == 0
 
 
+async def test_without_extensions_no_timeout_ms_and_no_abort_go_out(
+    net_clock: trio.testing.MockClock,
+) -> None:
+    """``extensions=False`` (for a WS-Kit 0.10 server, whose strict meta refuses
+    ``timeoutMs``): the request carries no ``timeoutMs`` and a timeout sends no
+    ``$ws:abort``; the deadline holds on the client alone."""
+    send, outcomes = trio.open_memory_channel[Outcome](math.inf)
+    metas: list[dict[str, Any]] = []
+    router = abort_router(send, trio.Event())
+
+    @router.use
+    async def record_meta(ctx: Any, next: Any) -> None:
+        metas.append(dict(ctx.meta))
+        await next()
+
+    with trio.fail_after(30):
+        async with (
+            running_server(router) as server,
+            open_client(server.url, extensions=False) as client,
+        ):
+            with pytest.raises(RequestTimeout):
+                await client.request(ECHO, Ping("slow"), timeout=1.5, correlation_id="c-x")
+            await trio.sleep(1)  # an abort would have ended the handler by now
+            with pytest.raises(trio.WouldBlock):
+                outcomes.receive_nowait()
+        [meta] = metas
+        assert meta["correlationId"] == "c-x" and "timeoutMs" not in meta
+        # The handler ended only with the connection, never aborted.
+        assert await outcomes.receive() == ("c-x", False)
+
+
 # -- reconnect, offline queue --------------------------------------------------------------
 
 

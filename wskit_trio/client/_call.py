@@ -76,6 +76,7 @@ class Pending(Outgoing, Generic[Res]):
         "payload",
         "progress",
         "schema",
+        "send_deadline",
         "sent_on",
         "type",
         "value",
@@ -89,6 +90,7 @@ class Pending(Outgoing, Generic[Res]):
         payload: Any,
         meta: dict[str, Any],
         deadline: float,
+        send_deadline: bool = True,
     ) -> None:
         self.schema = schema
         self.type = schema.request.type
@@ -97,6 +99,7 @@ class Pending(Outgoing, Generic[Res]):
         self.meta = meta
         #: The budget (``trio.current_time()`` clock) sent as ``meta.timeoutMs``.
         self.deadline = deadline
+        self.send_deadline = send_deadline
         self.sent_on: ClientSocket | None = None
         #: The caller gave up (timeout, cancellation, left the stream early).
         self.abandoned = False
@@ -117,7 +120,8 @@ class Pending(Outgoing, Generic[Res]):
             remaining = self.deadline - trio.current_time()
             if remaining <= 0:
                 return None  # expired while queued; the caller's timeout answers it
-            meta["timeoutMs"] = max(1, math.ceil(remaining * 1000))
+            if self.send_deadline:
+                meta["timeoutMs"] = max(1, math.ceil(remaining * 1000))
         if self.payload is NO_PAYLOAD:
             return frames.encode_frame(self.type, meta)
         return frames.encode_frame(self.type, meta, self.payload)

@@ -173,6 +173,7 @@ class Client:
         heartbeat: ClientHeartbeat | None,
         retry: Retry | None,
         pending_requests_limit: int,
+        extensions: bool,
         connect_timeout: float,
         close_timeout: float,
         max_message_size: int,
@@ -190,6 +191,7 @@ class Client:
         self._heartbeat = heartbeat
         self._retry = retry
         self._pending_limit = pending_requests_limit
+        self._extensions = extensions
         self._connect_timeout = connect_timeout
         self._close_timeout = close_timeout
         self._max_message_size = max_message_size
@@ -563,7 +565,9 @@ class Client:
         if cid in self._pending:
             raise ValueError(f"correlationId {cid!r} is already in flight")
         budget = min(deadline, trio.current_effective_deadline())
-        pending: Pending[Res] = Pending(schema, cid, body, wire_meta, budget)
+        pending: Pending[Res] = Pending(
+            schema, cid, body, wire_meta, budget, send_deadline=self._extensions
+        )
         self._pending[cid] = pending
         self._response_types.add(schema.response.type)
         try:
@@ -576,7 +580,7 @@ class Client:
                 pending.abandoned = True
                 self._queue.discard(pending)
                 sock = pending.sent_on
-                if sock is not None and sock is self._socket:
+                if sock is not None and sock is self._socket and self._extensions:
                     # The server is working on it: tell it to stop (the caller is
                     # cancelled or timed out; this must still go out, briefly).
                     abort = frames.encode_frame(frames.ABORT_TYPE, {"correlationId": cid})
@@ -848,6 +852,7 @@ async def open_client(
     heartbeat: ClientHeartbeat | None = None,
     retry: Retry | None = None,
     pending_requests_limit: int = 1000,
+    extensions: bool = True,
     connect_timeout: float = 10.0,
     close_timeout: float = 5.0,
     max_message_size: int = 1024 * 1024,
@@ -863,7 +868,10 @@ async def open_client(
     ``access_token`` query parameter). ``reconnect``: a :class:`Reconnect`, or
     ``False`` to stay closed once the connection is lost. ``queue``/``queue_size``:
     the offline queue. ``heartbeat``: detect a dead server. ``retry``: re-send
-    requests answered with a retryable error.
+    requests answered with a retryable error. ``extensions``: send protocol v1's
+    additions, ``meta.timeoutMs`` on requests and ``$ws:abort`` when a caller gives
+    up; turn it off for a WS-Kit 0.10 server, whose strict meta refuses
+    ``timeoutMs`` (deadlines then hold on this side only).
 
     With ``wait_open`` (the default) the block starts once the first connection is
     open, and a first connection that fails raises :class:`ConnectError` (a bad
@@ -891,6 +899,7 @@ async def open_client(
         heartbeat=heartbeat,
         retry=retry,
         pending_requests_limit=pending_requests_limit,
+        extensions=extensions,
         connect_timeout=connect_timeout,
         close_timeout=close_timeout,
         max_message_size=max_message_size,
