@@ -862,13 +862,16 @@ async def test_bad_token_is_a_connect_error(net_clock: trio.testing.MockClock) -
     with trio.fail_after(30):
         async with running_server(router, authenticate=authenticate) as server:
             with pytest.raises(ConnectError) as info:
-                async with open_client(server.url, auth=lambda: "bad"):
+                async with open_client(server.url, auth=lambda: "bad-secret"):
                     raise AssertionError("not reached")
             assert (info.value.status, info.value.body) == (401, "Unauthorized")
+            # The token never reaches the error (nor the logs it goes to).
+            assert "bad-secret" not in str(info.value) and "bad-secret" not in info.value.url
+            assert "access_token=***" in info.value.url
             with pytest.raises(ConnectError, match="cannot get a token"):
                 async with open_client(server.url, auth=lambda: 1 / 0):  # type: ignore[arg-type,return-value]
                     raise AssertionError("not reached")
-    assert seen == ["query=bad protocols=[]"]  # no retries before the first open
+    assert seen == ["query=bad-secret protocols=[]"]  # no retries before the first open
 
 
 async def test_token_is_fetched_again_on_every_attempt(

@@ -7,8 +7,10 @@ section repeats the essentials over real sockets (``serve()`` on 127.0.0.1).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -24,6 +26,7 @@ from wskit_trio import (
     Router,
     RpcContext,
     WsKitError,
+    rpc,
 )
 from wskit_trio.testing import TestClient, open_test_app
 
@@ -760,3 +763,41 @@ async def test_net_disconnect_cancels_handlers(net_clock: trio.testing.MockClock
             assert server.connections == set()
             assert conn.rpcs == {}
             assert sorted(cancelled) == ["c0", "c1", "c2"]
+
+
+@attrs.frozen
+class Reading:
+    value: float
+
+
+MEASURE = rpc("MEASURE", None, "READING", Reading)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+async def test_a_reply_json_cannot_carry_is_refused_and_the_rpc_still_answered(
+    bad: float, autojump_clock: trio.testing.MockClock
+) -> None:
+    """NaN and infinities are no JSON: replying one raises in the handler (nothing is
+    sent), and the RPC still gets its one terminal frame, INTERNAL, never silence."""
+    raised: list[OutboundValidationError] = []
+    router: Router[Conn] = Router()
+
+    @router.rpc(MEASURE)
+    async def measure(ctx: RpcContext[None, Reading, Conn]) -> None:
+        try:
+            await ctx.reply(Reading(bad))
+        except OutboundValidationError as exc:
+            raised.append(exc)
+            raise
+
+    async with open_test_app(router) as app:
+        client = await app.connect(Conn())
+        cid = await client.request(MEASURE, None)
+        answer = await client.receive_error()
+        assert (answer.type, answer.error_code, answer.correlation_id) == (
+            "RPC_ERROR",
+            "INTERNAL",
+            cid,
+        )
+    [exc] = raised
+    assert exc.errors == [("$.payload.value", "expected a finite number")]

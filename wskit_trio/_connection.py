@@ -25,6 +25,7 @@ from ._errors import CloseError, ConnectionClosed, MessageTooBig, WsKitError
 from ._outbound import FrameKind, Outbox, OutboxStatistics
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
+from ._protocol.validation import Problems
 from ._router import CompiledRouter, Route, maybe_await, run_chain
 from ._transport import Transport
 
@@ -308,10 +309,7 @@ class Connection(Generic[D]):
             frame, route.schema.structure_payload, route.schema.structure_meta
         )
         if isinstance(result, list):
-            details = {"errors": [{"path": p, "message": m} for p, m in result]}
-            await self._refuse(
-                ErrorCode.INVALID_ARGUMENT, "Validation failed", details, cid, rpc=route.is_rpc
-            )
+            await self._refuse_invalid(result, cid, rpc=route.is_rpc)
             return
         payload, meta, _ = result
         if route.response is None:
@@ -358,13 +356,7 @@ class Connection(Generic[D]):
             # Control frames are strict too: no payload, standard meta keys only.
             problems = frames.validate_frame(frame, None, None)
             if isinstance(problems, list):
-                details = {"errors": [{"path": p, "message": m} for p, m in problems]}
-                await self._refuse(
-                    ErrorCode.INVALID_ARGUMENT,
-                    "Validation failed",
-                    details,
-                    frame.correlation_id,
-                )
+                await self._refuse_invalid(problems, frame.correlation_id)
                 return
         if msg_type == frames.HEARTBEAT_TYPE:
             await self.outbox.put(frames.encode_heartbeat_ack(int(time.time() * 1000)))
@@ -413,6 +405,14 @@ class Connection(Generic[D]):
                 self.outbox.put_nowait(frame, FrameKind.TERMINAL)
         else:
             await self.outbox.put(frame)
+
+    async def _refuse_invalid(
+        self, problems: Problems, correlation_id: str | None, *, rpc: bool = False
+    ) -> None:
+        details = {"errors": [{"path": p, "message": m} for p, m in problems]}
+        await self._refuse(
+            ErrorCode.INVALID_ARGUMENT, "Validation failed", details, correlation_id, rpc=rpc
+        )
 
     async def _run_event(self, route: Route, ctx: Context[Any, D]) -> None:
         try:

@@ -149,11 +149,7 @@ class ConnectionContext(Generic[D]):
             cid = self._correlation_id()
             if cid is not None:
                 wire_meta["correlationId"] = cid
-        if schema.payload_cls is None:
-            schema.dump_payload(payload)
-            frame = frames.encode_frame(schema.type, wire_meta)
-        else:
-            frame = frames.encode_frame(schema.type, wire_meta, schema.dump_payload(payload))
+        frame = frames.encode_frame(schema.type, wire_meta, schema.wire_payload(payload))
         await self._conn.outbox.put(frame, FrameKind.PLAIN)
 
     async def error(
@@ -310,16 +306,15 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
 
     async def reply(self, payload: Res) -> None:
         """Send the response (the response schema's type, with this correlationId)."""
-        data = self._response.dump_payload(payload)
+        data = self._response.wire_payload(payload)
         if self.done:
             await trio.lowlevel.checkpoint()  # still a checkpoint: loops stay cancellable
             return
-        self.done = True
         meta = {"correlationId": self._correlation}
-        if self._response.payload_cls is None:
-            frame = frames.encode_frame(self._response.type, meta)
-        else:
-            frame = frames.encode_frame(self._response.type, meta, data)
+        # Encoded before ``done`` is set: a payload JSON cannot hold (NaN) fails the handler,
+        # which is then answered with an error instead of nothing.
+        frame = frames.encode_frame(self._response.type, meta, data)
+        self.done = True
         await self._conn.outbox.put(frame, FrameKind.TERMINAL)
 
     async def progress(self, payload: Res, *, throttle_ms: float | None = None) -> None:

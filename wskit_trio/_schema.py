@@ -9,7 +9,6 @@ the wrong class.
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar, overload
@@ -17,7 +16,14 @@ from typing import Any, Generic, TypeVar, overload
 import attrs
 
 from ._errors import ConfigurationError, OutboundValidationError
-from ._protocol.frames import RESERVED_META_KEYS, STANDARD_META_KEYS, is_reserved_type
+from ._protocol.frames import (
+    ERROR_TYPE,
+    NO_PAYLOAD,
+    RESERVED_META_KEYS,
+    RPC_ERROR_TYPE,
+    STANDARD_META_KEYS,
+    is_reserved_type,
+)
 from ._protocol.validation import StructureFn, problems_of, structurer, unstructure, wire_name
 
 __all__ = ["MessageSchema", "RpcSchema", "message", "rpc"]
@@ -79,6 +85,12 @@ class MessageSchema(Generic[P]):
         self._structure_outbound(raw)
         return raw
 
+    def wire_payload(self, payload: Any) -> Any:
+        """:meth:`dump_payload`, or ``NO_PAYLOAD`` (for ``frames.encode_frame``: no
+        ``payload`` key) when this message has none."""
+        data = self.dump_payload(payload)
+        return NO_PAYLOAD if self.payload_cls is None else data
+
     def _structure_outbound(self, raw: Any) -> Any:
         assert self.structure_payload is not None
         try:
@@ -107,7 +119,7 @@ class RpcSchema(Generic[Req, Res]):
 def _check_type(type: str) -> None:
     if not isinstance(type, str) or not type:
         raise ConfigurationError(f"message type must be a non-empty string, got {type!r}")
-    if is_reserved_type(type) or type in ("ERROR", "RPC_ERROR"):
+    if is_reserved_type(type) or type in (ERROR_TYPE, RPC_ERROR_TYPE):
         raise ConfigurationError(f"message type {type!r} is reserved for the protocol")
 
 
@@ -133,11 +145,8 @@ def _class_from_fields(type: str, fields: Mapping[str, Any]) -> type:
 
 
 def _admits_none(tp: Any) -> bool:
-    return (
-        tp is None
-        or type(None) in typing.get_args(tp)
-        or (isinstance(tp, types.UnionType) and type(None) in tp.__args__)
-    )
+    # get_args covers ``X | None`` as well as ``Optional[X]``.
+    return tp is None or type(None) in typing.get_args(tp)
 
 
 def _meta_class(type: str, meta: Any) -> type | None:

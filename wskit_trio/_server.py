@@ -14,6 +14,7 @@ import signal
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 import attrs
@@ -24,7 +25,14 @@ from ._connection import Connection
 from ._errors import UpgradeRejected
 from ._groups import single_exception
 from ._router import Router
-from ._transport import Accepted, Rejected, Transport, UpgradeRequest, select_subprotocol
+from ._transport import (
+    Accepted,
+    Rejected,
+    Transport,
+    UpgradeRequest,
+    host_port,
+    select_subprotocol,
+)
 from ._transport._trio_websocket import serve_trio_websocket
 from ._transport._wsproto import serve_wsproto
 
@@ -84,8 +92,7 @@ class Server(Generic[D]):
     @property
     def url(self) -> str:
         """``ws://host:port`` of the (first) listener."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"ws://{host_port(self.host, self.port)}"
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(len(self.connections), self._accepted, self._rejected)
@@ -176,30 +183,22 @@ class Server(Generic[D]):
                         listeners = [trio.SSLListener(lst, ssl_context) for lst in listeners]
                     first = listeners[0].transport_listener if ssl_context else listeners[0]
                     self.host, self.port = first.socket.getsockname()[:2]
+                    accept: Callable[..., Awaitable[None]] = (
+                        serve_trio_websocket
+                        if transport == "trio-websocket"
+                        else partial(serve_wsproto, close_timeout=self.limits.close_timeout)
+                    )
                     async with trio.open_nursery() as accepting:
-                        if transport == "trio-websocket":
-                            await accepting.start(
-                                lambda task_status: serve_trio_websocket(
-                                    listeners,
-                                    decide=self.decide,
-                                    run_connection=self.run_connection,
-                                    handler_nursery=connections,
-                                    max_message_bytes=self.limits.max_message_bytes,
-                                    task_status=task_status,
-                                )
+                        await accepting.start(
+                            partial(
+                                accept,
+                                listeners,
+                                decide=self.decide,
+                                run_connection=self.run_connection,
+                                handler_nursery=connections,
+                                max_message_bytes=self.limits.max_message_bytes,
                             )
-                        else:
-                            await accepting.start(
-                                lambda task_status: serve_wsproto(
-                                    listeners,
-                                    decide=self.decide,
-                                    run_connection=self.run_connection,
-                                    handler_nursery=connections,
-                                    max_message_bytes=self.limits.max_message_bytes,
-                                    close_timeout=self.limits.close_timeout,
-                                    task_status=task_status,
-                                )
-                            )
+                        )
                         if handle_signals and threading.current_thread() is threading.main_thread():
                             await accepting.start(self._watch_signals)
                         log.info("listening on %s", self.url)
@@ -232,24 +231,21 @@ class Serve(Generic[D]):
     ) -> None:
         opts = self._options
         with single_exception():
-            await self._run(opts, task_status)
-
-    async def _run(self, opts: dict[str, Any], task_status: trio.TaskStatus[Server[D]]) -> None:
-        server: Server[D] = Server(
-            self._router,
-            authenticate=opts["authenticate"],
-            subprotocols=opts["subprotocols"],
-            limits=opts["limits"],
-            heartbeat=opts["heartbeat"],
-        )
-        await server._serve(
-            opts["host"],
-            opts["port"],
-            opts["ssl_context"],
-            opts["handle_signals"],
-            task_status,
-            opts["transport"],
-        )
+            server: Server[D] = Server(
+                self._router,
+                authenticate=opts["authenticate"],
+                subprotocols=opts["subprotocols"],
+                limits=opts["limits"],
+                heartbeat=opts["heartbeat"],
+            )
+            await server._serve(
+                opts["host"],
+                opts["port"],
+                opts["ssl_context"],
+                opts["handle_signals"],
+                task_status,
+                opts["transport"],
+            )
 
 
 def serve(

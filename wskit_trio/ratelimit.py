@@ -102,20 +102,17 @@ def _part(value: object, default: str) -> str:
     return text
 
 
-def key_per_user_per_type(ctx: Context[Any, Any]) -> str:
-    """``rl:{tenant}:{user}:{type}``: each user gets a bucket per message type."""
-    data = ctx.data
-    tenant = _part(data_field(data, "tenant_id"), "public")
-    user = _part(data_field(data, "user_id"), "anon")
-    return f"rl:{tenant}:{user}:{ctx.type}"
-
-
 def key_per_user(ctx: Context[Any, Any]) -> str:
     """``rl:{tenant}:{user}``: one bucket per user across every message type."""
     data = ctx.data
     tenant = _part(data_field(data, "tenant_id"), "public")
     user = _part(data_field(data, "user_id"), "anon")
     return f"rl:{tenant}:{user}"
+
+
+def key_per_user_per_type(ctx: Context[Any, Any]) -> str:
+    """``rl:{tenant}:{user}:{type}``: each user gets a bucket per message type."""
+    return f"{key_per_user(ctx)}:{ctx.type}"
 
 
 def _cost_one(ctx: Context[Any, Any]) -> int:

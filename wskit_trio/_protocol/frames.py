@@ -10,16 +10,21 @@ from __future__ import annotations
 
 from typing import Any, Final, NamedTuple
 
+import attrs
+
 from . import _json
 from .codes import NOT_GIVEN, ErrorCode, error_payload
 from .validation import Problems, StructureFn, problems_of, type_name
 
 __all__ = [
     "ABORT_TYPE",
+    "ERROR_TYPE",
     "HEARTBEAT_ACK_TYPE",
     "HEARTBEAT_TYPE",
+    "NO_PAYLOAD",
     "PROGRESS_TYPE",
     "RESERVED_META_KEYS",
+    "RPC_ERROR_TYPE",
     "STANDARD_META_KEYS",
     "FrameError",
     "InboundFrame",
@@ -44,7 +49,8 @@ RESERVED_META_KEYS: Final = frozenset({"clientId", "receivedAt"})
 #: Meta keys every schema accepts, with their JSON checks.
 STANDARD_META_KEYS: Final = frozenset({"timestamp", "correlationId", "timeoutMs"})
 _ROOT_KEYS: Final = frozenset({"type", "meta", "payload"})
-_MISSING: Final[Any] = object()
+#: The payload of a message whose schema has none (the key is left out on the wire).
+NO_PAYLOAD: Final[Any] = attrs.make_class("NoPayload", [], repr=False)()
 
 
 class InboundFrame(NamedTuple):
@@ -167,12 +173,13 @@ def validate_frame(
     return payload, meta, extended
 
 
-def encode_frame(type: str, meta: dict[str, Any] | None, payload: Any = _MISSING) -> str:
-    """A server → client frame. ``meta=None`` omits the key (pub/sub deliveries)."""
+def encode_frame(type: str, meta: dict[str, Any] | None, payload: Any = NO_PAYLOAD) -> str:
+    """A server → client frame. ``meta=None`` omits the key (pub/sub deliveries), and
+    so does ``payload=NO_PAYLOAD`` (messages without a payload)."""
     frame: dict[str, Any] = {"type": type}
     if meta is not None:
         frame["meta"] = meta
-    if payload is not _MISSING:
+    if payload is not NO_PAYLOAD:
         frame["payload"] = payload
     return _json.dumps(frame)
 

@@ -13,14 +13,12 @@ from typing import Any, Final
 import attrs
 
 from . import _json
-from .frames import encode_frame
+from .frames import NO_PAYLOAD, encode_frame
 
 __all__ = ["DEFAULT_TOPIC_PATTERN", "NO_PAYLOAD", "Envelope", "check_topic"]
 
 #: Topics are short, printable and free of wildcards by default.
 DEFAULT_TOPIC_PATTERN: Final = re.compile(r"^[A-Za-z0-9:_./-]{1,128}$")
-#: The payload of a message whose schema has none (the key is left out on the wire).
-NO_PAYLOAD: Final[Any] = attrs.make_class("NoPayload", [], repr=False)()
 
 
 @attrs.frozen
@@ -65,8 +63,6 @@ class Envelope:
 
     def frame(self) -> str:
         """The delivery frame: ``{"type", "payload"}`` plus ``meta`` only when given."""
-        if self.payload is NO_PAYLOAD:
-            return encode_frame(self.type, self.meta)
         return encode_frame(self.type, self.meta, self.payload)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc as abc
 import enum
+import math
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
@@ -77,8 +78,13 @@ def _structure_int(value: Any, _: Any) -> int:
 
 
 def _structure_float(value: Any, _: Any) -> float:
-    if type(value) is float or type(value) is int:
+    if type(value) is int:
         return float(value)
+    if type(value) is float:
+        if math.isfinite(value):
+            return value
+        # Only outbound payloads can hold these: JSON has no NaN or infinities.
+        raise StrictTypeError("expected a finite number")
     raise _expect("number", value)
 
 

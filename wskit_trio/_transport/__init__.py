@@ -8,22 +8,57 @@ exactly one place (their own module).
 
 Adapters: ``_wsproto`` (the default: trio streams, the upgrade through wsproto,
 frames by ``_wsframes``, no task of its own) and ``_trio_websocket``; ``_memory``
-is the test harness's. A transport may also offer ``pending()`` (messages
-received and not yet taken) and ``settle()`` (awaited by the connection's writer
-before it takes a batch); the connection uses them when present, so a burst of
-messages read at once is handled without a schedule point per answer and
-answered with one write.
+is the test harness's. A transport also offers ``pending()`` (messages received
+and not yet taken) and ``settle()`` (awaited by the connection's writer before it
+takes a batch); adapters that read one message at a time answer 0 and return at
+once. With them a burst of messages read at once is handled without a schedule
+point per answer and answered with one write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
-__all__ = ["Accepted", "Rejected", "Transport", "UpgradeRequest", "select_subprotocol"]
+__all__ = [
+    "Accepted",
+    "Rejected",
+    "Transport",
+    "UpgradeRequest",
+    "host_port",
+    "over_limit",
+    "request_headers",
+    "select_subprotocol",
+]
+
+
+def host_port(host: object, port: object) -> str:
+    """``host:port``, the host in brackets when it is an IPv6 address."""
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def request_headers(host: str | None, raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The upgrade request's headers as text. wsproto takes Host out of the header
+    list (into its ``Request`` event); it goes back in first, so ``authenticate``
+    sees every header the client sent."""
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    if host is not None:
+        headers.insert(0, ("host", host))
+    return headers
+
+
+def over_limit(message: str | bytes, max_bytes: int) -> bool:
+    """Whether ``message`` is over ``max_bytes`` in bytes (text counted as UTF-8).
+
+    A str of n code points has at most 4n UTF-8 bytes, so most text messages skip
+    encoding."""
+    if isinstance(message, bytes):
+        return len(message) > max_bytes
+    return len(message) * 4 > max_bytes and len(message.encode("utf-8")) > max_bytes
 
 
 @attrs.frozen

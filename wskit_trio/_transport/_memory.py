@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from .._errors import ConnectionClosed, MessageTooBig
-from . import UpgradeRequest
+from . import UpgradeRequest, over_limit
 
 __all__ = ["CloseMarker", "MemoryTransport", "memory_pair"]
 
@@ -60,8 +60,7 @@ class MemoryTransport:
             marker = self._peer_close or CloseMarker(1006, "")
             await self._close(marker)  # echo, as the close handshake does
             raise ConnectionClosed(marker.code, marker.reason) from None
-        size = len(item) if isinstance(item, bytes) else len(item.encode("utf-8"))
-        if size > self._max_bytes:
+        if over_limit(item, self._max_bytes):
             # The socket stays open: the connection sends what it has queued, then
             # closes with 1009.
             raise MessageTooBig()

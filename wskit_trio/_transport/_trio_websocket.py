@@ -15,7 +15,7 @@ import trio
 import trio_websocket
 
 from .._errors import ConnectionClosed, MessageTooBig
-from . import Accepted, Rejected, UpgradeRequest
+from . import Accepted, Rejected, UpgradeRequest, host_port, over_limit, request_headers
 
 __all__ = ["TrioWebsocketTransport", "serve_trio_websocket"]
 
@@ -59,16 +59,7 @@ class TrioWebsocketTransport:
             message = await self._ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc) from None
-        # Our limit is in bytes. A str of n code points has at most 4n UTF-8 bytes,
-        # so most text messages skip encoding.
-        if isinstance(message, bytes):
-            too_big = len(message) > self._max_bytes
-        else:
-            too_big = (
-                len(message) * 4 > self._max_bytes
-                and len(message.encode("utf-8")) > self._max_bytes
-            )
-        if too_big:
+        if over_limit(message, self._max_bytes):
             # The socket stays open: the connection sends what it has queued, then
             # closes with 1009.
             raise MessageTooBig()
@@ -122,18 +113,11 @@ async def serve_trio_websocket(
         remote = request.remote
         if isinstance(remote, trio_websocket.Endpoint):
             # The same "host:port" form the wsproto transport reports.
-            host_part = str(remote.address)
-            host_part = f"[{host_part}]" if ":" in host_part else host_part
-            remote = f"{host_part}:{remote.port}"
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
-        # wsproto takes Host out of the header list (into the event); put it back so
-        # ``authenticate`` sees every header the client sent.
+            remote = host_port(remote.address, remote.port)
         host = getattr(getattr(request, "_event", None), "host", None)
-        if isinstance(host, str):
-            headers.insert(0, ("host", host))
         upgrade = UpgradeRequest.from_target(
             request.path,
-            headers,
+            request_headers(host if isinstance(host, str) else None, request.headers),
             request.proposed_subprotocols,
             str(remote) if remote else None,
         )

@@ -25,7 +25,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .._errors import ConnectionClosed, MessageTooBig
-from . import Accepted, Rejected, UpgradeRequest
+from . import Accepted, Rejected, UpgradeRequest, host_port, request_headers
 from ._wsframes import (
     Close,
     FrameError,
@@ -328,8 +328,7 @@ def _remote(stream: trio.abc.Stream) -> str | None:
     except OSError:
         return None
     if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return host_port(peer[0], peer[1])
     return None if peer is None else str(peer)
 
 
@@ -347,14 +346,11 @@ async def _read_request(
             event = next(iter(handshake.events()), None)
             if not isinstance(event, Request):
                 continue
-            # wsproto takes Host out of the header list (into the event); put it back
-            # so ``authenticate`` sees every header the client sent, as with
-            # trio-websocket.
-            headers = [("host", event.host)] + [
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in event.extra_headers
-            ]
             request = UpgradeRequest.from_target(
-                event.target, headers, event.subprotocols, _remote(stream)
+                event.target,
+                request_headers(event.host, event.extra_headers),
+                event.subprotocols,
+                _remote(stream),
             )
         except Exception as exc:  # wsproto/h11 raise more than RemoteProtocolError
             hint = exc.event_hint if isinstance(exc, RemoteProtocolError) else None

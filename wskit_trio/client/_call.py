@@ -22,12 +22,11 @@ from .._schema import RpcSchema
 if TYPE_CHECKING:
     from ._socket import ClientSocket
 
-__all__ = ["NO_PAYLOAD", "Outgoing", "Pending", "PlainFrame", "RequestStream"]
+__all__ = ["Outgoing", "Pending", "PlainFrame", "RequestStream"]
 
 Res = TypeVar("Res")
 
 #: A frame without a ``payload`` key.
-NO_PAYLOAD: Any = object()
 #: Progress updates buffered per request before the oldest are dropped (a caller
 #: that reads slower than the server reports only misses intermediate states).
 PROGRESS_BUFFER = 1000
@@ -122,8 +121,6 @@ class Pending(Outgoing, Generic[Res]):
                 return None  # expired while queued; the caller's timeout answers it
             if self.send_deadline:
                 meta["timeoutMs"] = max(1, math.ceil(remaining * 1000))
-        if self.payload is NO_PAYLOAD:
-            return frames.encode_frame(self.type, meta)
         return frames.encode_frame(self.type, meta, self.payload)
 
     def mark_sent(self, socket: ClientSocket | None) -> None:

@@ -29,7 +29,6 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, Generic, TypeAlias, TypeVar, overload
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import trio
@@ -49,10 +48,10 @@ from .._protocol import frames
 from .._protocol.codes import ErrorCode
 from .._protocol.validation import check, unstructure
 from .._schema import MessageSchema, RpcSchema
-from ._call import NO_PAYLOAD, Outgoing, Pending, PlainFrame, RequestStream
+from ._call import Outgoing, Pending, PlainFrame, RequestStream
 from ._config import Auth, ClientHeartbeat, Reconnect, Retry, TokenSource
 from ._queue import OfflineQueue, OfflineQueuePolicy
-from ._socket import ClientSocket, open_socket
+from ._socket import ClientSocket, open_socket, redacted, with_query
 
 __all__ = [
     "Client",
@@ -113,13 +112,6 @@ Handler: TypeAlias = Callable[[InboundMessage[P]], "Awaitable[None] | None"]
 ErrorHook: TypeAlias = Callable[[Exception], None]
 UnhandledHook: TypeAlias = Callable[[dict[str, Any]], "Awaitable[None] | None"]
 StateHook: TypeAlias = Callable[[ClientState], None]
-
-
-def _with_query(url: str, key: str, value: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
-    query.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _hint(value: Any) -> int | None:
@@ -370,11 +362,7 @@ class Client:
         """
         self._check_usable()
         wire_meta = self._encode_meta(schema, meta)
-        if schema.payload_cls is None:
-            schema.dump_payload(payload)
-            text = frames.encode_frame(schema.type, wire_meta)
-        else:
-            text = frames.encode_frame(schema.type, wire_meta, schema.dump_payload(payload))
+        text = frames.encode_frame(schema.type, wire_meta, schema.wire_payload(payload))
         return await self._transmit(PlainFrame(schema.type, text))
 
     async def _transmit(self, item: Outgoing) -> bool:
@@ -552,9 +540,7 @@ class Client:
         self._check_usable()
         request = schema.request
         wire_meta = self._encode_meta(request, meta)
-        body = request.dump_payload(payload)
-        if request.payload_cls is None:
-            body = NO_PAYLOAD
+        body = request.wire_payload(payload)
         if len(self._pending) >= self._pending_limit:
             raise RpcError(
                 ErrorCode.RESOURCE_EXHAUSTED,
@@ -690,13 +676,13 @@ class Client:
                 token = await token
             if token:
                 if auth.attach == "query":
-                    url = _with_query(url, auth.query_param, token)
+                    url = with_query(url, auth.query_param, token)
                 else:
                     bearer = auth.subprotocol(token)
                     if bearer not in protocols:
                         protocols.append(bearer)
         except Exception as exc:
-            raise ConnectError(self.url, f"cannot get a token: {exc!r}") from exc
+            raise ConnectError(redacted(self.url), f"cannot get a token: {exc!r}") from exc
         return url, protocols
 
     async def _supervise(

@@ -21,7 +21,7 @@ import trio_websocket
 from .._errors import ConnectError, ConnectionClosed
 from .._groups import only_cancelled, reraise, the_one_exception
 
-__all__ = ["ClientSocket", "open_socket"]
+__all__ = ["ClientSocket", "open_socket", "with_query"]
 
 
 def _closed(exc: trio_websocket.ConnectionClosed) -> ConnectionClosed:
@@ -134,6 +134,25 @@ class _WatchedStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
+def redacted(url: str) -> str:
+    """``url`` with an ``access_token`` query value replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if not any(k == "access_token" for k, _ in query):
+        return url
+    query = [(k, "***" if k == "access_token" else v) for k, v in query]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="*")))
+
+
+def with_query(url: str, key: str, value: str) -> str:
+    """``url`` with the query parameter ``key`` set to ``value`` (replacing any)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in query if k != key]
+    query.append((key, value))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
 @attrs.frozen
 class _Target:
     host: str
@@ -173,7 +192,8 @@ class _Opening:
     :class:`ConnectError`."""
 
     def __init__(self, url: str, connect_timeout: float) -> None:
-        self.url = url
+        # Errors (and the logs they reach) name the URL, never the credentials in it.
+        self.url = redacted(url)
         self.connect_timeout = connect_timeout
         self.stream: _WatchedStream | None = None
 

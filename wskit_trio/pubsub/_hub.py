@@ -20,7 +20,7 @@ import trio
 
 from .._errors import WsKitError
 from .._protocol.codes import ErrorCode
-from .._protocol.pubsub import DEFAULT_TOPIC_PATTERN, NO_PAYLOAD, Envelope, check_topic
+from .._protocol.pubsub import DEFAULT_TOPIC_PATTERN, Envelope, check_topic
 from .._schema import MessageSchema
 from ._backend import PublishResult, PubSubBackend
 from ._memory import MemoryPubSub
@@ -204,11 +204,7 @@ class PubSubHub:
         exclude: str | None = None,
         ctx: ConnectionContext[Any] | None = None,
     ) -> PublishResult:
-        wire_payload = NO_PAYLOAD
-        if schema.payload_cls is None:
-            schema.dump_payload(payload)
-        else:
-            wire_payload = schema.dump_payload(payload)
+        wire_payload = schema.wire_payload(payload)  # validates, even a payload-less message
         try:
             topic = await self._admit("publish", topic, ctx)
         except WsKitError as err:

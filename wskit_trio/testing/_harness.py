@@ -49,7 +49,7 @@ class Frame:
     @property
     def error_code(self) -> str | None:
         """The code of an ``ERROR``/``RPC_ERROR`` frame, else ``None``."""
-        if self.type in ("ERROR", "RPC_ERROR"):
+        if self.type in (frames.ERROR_TYPE, frames.RPC_ERROR_TYPE):
             return str(self.payload["code"])
         return None
 

@@ -34,6 +34,8 @@ __all__ = ["ValkeyAddress", "ValkeyConnection", "ValkeySubscriber", "parse_url"]
 Arg = str | bytes | int | float
 
 DEFAULT_PORT: Final = 6379
+#: Error replies that mean "this server cannot take it right now", not "never".
+TRANSIENT_ERRORS: Final = frozenset({"LOADING", "BUSY", "TRYAGAIN", "MISCONF", "READONLY", "OOM"})
 _RECEIVE_SIZE: Final = 65536
 #: What the reader returns while a reply is incomplete (``False`` is a valid reply).
 _NOT_ENOUGH: Final = object()
@@ -384,13 +386,15 @@ class ValkeySubscriber(_RespStream):
                 # Cancelled: whoever waits for a confirmation would wait forever.
                 await self._abort("listener stopped")
             self._channels.clear()
-            for waiters in self._waiting.values():
-                for event in waiters:
-                    event.set()
-            self._waiting.clear()
+            self._wake_waiters()
 
     async def aclose(self) -> None:
         await super().aclose()
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Release every task awaiting a confirmation (it then finds the connection
+        unusable)."""
         for waiters in self._waiting.values():
             for event in waiters:
                 event.set()

@@ -36,12 +36,19 @@ from .._errors import ValkeyError, ValkeyUnavailable, WsKitError
 from .._protocol.codes import ErrorCode
 from .._protocol.pubsub import Envelope
 from ..pubsub._backend import Capability, Deliver, PublishResult
-from ._connection import DEFAULT_PORT, ValkeyConnection, ValkeySubscriber, parse_url
+from ._connection import (
+    DEFAULT_PORT,
+    TRANSIENT_ERRORS,
+    ValkeyConnection,
+    ValkeySubscriber,
+    parse_url,
+)
 
 __all__ = ["ValkeyPubSub", "ValkeyPubSubStatistics"]
 
-#: Error replies that mean "this server cannot take it right now", not "never".
-_TRANSIENT: Final = frozenset({"LOADING", "BUSY", "TRYAGAIN", "MISCONF", "READONLY", "OOM"})
+
+#: 2**64 times any sane ``backoff_initial`` is far beyond any ``backoff_max``.
+_MAX_EXPONENT: Final = 64
 
 
 def _no_delivery(envelope: Envelope) -> int:
@@ -224,7 +231,10 @@ class ValkeyPubSub:
                 if await self._session():
                     failures = 0
                 if failures:
-                    delay = min(self.backoff_initial * 2 ** (failures - 1), self.backoff_max)
+                    # The exponent is capped: an outage of ~1000 attempts would
+                    # otherwise overflow the float and end this task.
+                    exponent = min(failures - 1, _MAX_EXPONENT)
+                    delay = min(self.backoff_initial * 2.0**exponent, self.backoff_max)
                     await trio.sleep(delay * (0.5 + random.random() / 2))
                 failures += 1
         finally:
@@ -280,7 +290,7 @@ class ValkeyPubSub:
         except ValkeyError as exc:
             self._publish_failures += 1
             self._last_error = exc.message
-            if exc.kind in _TRANSIENT:
+            if exc.kind in TRANSIENT_ERRORS:
                 return PublishResult(
                     ok=False, capability="unknown", error="UNAVAILABLE", retryable=True
                 )

@@ -30,12 +30,9 @@ import trio
 from .._errors import ValkeyError, ValkeyUnavailable, WsKitError
 from .._protocol.codes import ErrorCode
 from .._protocol.ratelimit import MICROS, Decision, check_cost, check_parameters
-from ._connection import ValkeyConnection, parse_url
+from ._connection import TRANSIENT_ERRORS, ValkeyConnection, parse_url
 
 __all__ = ["ValkeyRateLimiter", "ValkeyRateLimiterStatistics"]
-
-#: Error replies that mean "this server cannot take it right now", not "never".
-_TRANSIENT: Final = frozenset({"LOADING", "BUSY", "TRYAGAIN", "MISCONF", "READONLY", "OOM"})
 
 #: KEYS[1] = bucket; ARGV = capacity, rate, cost, ttl_ms, now_us ("" = server TIME).
 #: Returns {allowed (0/1), tokens left, retry_after_ms (-1 = never)}.
@@ -257,7 +254,7 @@ class ValkeyRateLimiter:
         except ValkeyUnavailable as exc:
             return self._unavailable_decision(str(exc))
         except ValkeyError as exc:
-            if exc.kind not in _TRANSIENT:
+            if exc.kind not in TRANSIENT_ERRORS:
                 raise
             return self._unavailable_decision(exc.message)
         allowed, remaining, retry = (int(v) for v in reply)
