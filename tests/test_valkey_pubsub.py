@@ -470,3 +470,28 @@ async def _start_both(url: str, prefix: str) -> list[tuple[trio.Process, int]]:
 
 async def _send(client: WsClient, msg_type: str, payload: dict[str, Any]) -> None:
     await client.send(json.dumps({"type": msg_type, "meta": {}, "payload": payload}))
+
+
+async def test_a_long_outage_never_overflows_the_backoff(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a thousand failed reconnects in a row (an hour of outage at the 5 s cap):
+    the delay stays at ``backoff_max`` and the reconnect loop keeps going."""
+    backend = ValkeyPubSub("127.0.0.1", 1)
+    attempts: list[float] = []
+    enough = trio.Event()
+
+    async def failing_session() -> bool:
+        attempts.append(trio.current_time())
+        if len(attempts) == 1100:
+            enough.set()
+        await trio.lowlevel.checkpoint()
+        return False
+
+    monkeypatch.setattr(backend, "_session", failing_session)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.run)
+        await enough.wait()
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(attempts[-100:], attempts[-99:], strict=False)]
+    assert all(backend.backoff_max / 2 <= gap <= backend.backoff_max for gap in gaps)
