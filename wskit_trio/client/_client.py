@@ -176,6 +176,10 @@ class Client:
     ) -> None:
         self.url = url
         self._auth = auth
+        #: Query parameters never shown: the token's, whatever its name.
+        self._secret_params: tuple[str, ...] = (auth.query_param,) if auth else ()
+        #: ``url`` as logs and errors show it (no credentials).
+        self._shown_url = redacted(url, self._secret_params)
         self._subprotocols = tuple(subprotocols)
         self._headers = tuple(headers)
         self._reconnect = reconnect
@@ -254,7 +258,7 @@ class Client:
         self._state = state
         self._state_changed.set()
         self._state_changed = trio.Event()
-        log.debug("client %s: %s", self.url, state)
+        log.debug("client %s: %s", self._shown_url, state)
         if self._on_state is not None:
             try:
                 self._on_state(state)
@@ -682,7 +686,7 @@ class Client:
                     if bearer not in protocols:
                         protocols.append(bearer)
         except Exception as exc:
-            raise ConnectError(redacted(self.url), f"cannot get a token: {exc!r}") from exc
+            raise ConnectError(self._shown_url, f"cannot get a token: {exc!r}") from exc
         return url, protocols
 
     async def _supervise(
@@ -714,6 +718,7 @@ class Client:
                             connect_timeout=self._connect_timeout,
                             close_timeout=self._close_timeout,
                             max_message_size=self._max_message_size,
+                            secret_params=self._secret_params,
                         ) as sock:
                             failures = self._attempt = 0
                             self._connects += 1

@@ -8,9 +8,10 @@ once instead of after the whole connect timeout."""
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import cast
 
@@ -21,7 +22,7 @@ import trio_websocket
 from .._errors import ConnectError, ConnectionClosed
 from .._groups import only_cancelled, reraise, the_one_exception
 
-__all__ = ["ClientSocket", "open_socket", "with_query"]
+__all__ = ["ClientSocket", "is_secret_param", "open_socket", "redacted", "with_query"]
 
 
 def _closed(exc: trio_websocket.ConnectionClosed) -> ConnectionClosed:
@@ -134,14 +135,66 @@ class _WatchedStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
-def redacted(url: str) -> str:
-    """``url`` with an ``access_token`` query value replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    if not any(k == "access_token" for k, _ in query):
-        return url
-    query = [(k, "***" if k == "access_token" else v) for k, v in query]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="*")))
+#: Query parameters whose values never reach an error message or a log line (see
+#: :func:`is_secret_param`).
+SECRET_PARAMS = frozenset(
+    {"token", "access_token", "auth", "key", "password", "secret", "signature"}
+)
+
+#: How much of a server's text (an HTTP body, a protocol error) an error carries.
+SHOWN = 200
+
+
+def is_secret_param(name: str, also: Collection[str] = ()) -> bool:
+    """Whether the query parameter ``name`` (raw or percent-encoded) holds a secret:
+    one of :data:`SECRET_PARAMS` or ``also``, in any case, or a name whose last
+    ``_``/``-`` part is one (``api_key``, ``auth_token``, ``X-Amz-Signature``).
+    Broad on purpose: hiding a harmless ``sort_key`` costs a little debugging, a
+    leaked credential costs more."""
+    name = urllib.parse.unquote_plus(name).strip().lower()
+    last = re.split(r"[_-]", name)[-1]
+    extra = {n.lower() for n in also}
+    return bool({name, last} & (SECRET_PARAMS | extra))
+
+
+def _redact_params(params: str, also: Collection[str]) -> str:
+    # Textual, piece by piece, so the rest stays byte for byte as given; ";" counts
+    # as a separator too, as some servers split on it.
+    pieces = re.split(r"([&;])", params)
+    for i, piece in enumerate(pieces):
+        name, eq, value = piece.partition("=")
+        if eq and value and is_secret_param(name, also):
+            pieces[i] = f"{name}=***"
+    return "".join(pieces)
+
+
+def redacted(url: str, also: Collection[str] = ()) -> str:
+    """``url`` as errors and logs show it: the values of secret query (and fragment)
+    parameters (:func:`is_secret_param`) and a userinfo password replaced by
+    ``***``; the user name stays. Textual, so it never raises, even on a URL
+    that does not parse."""
+    rest, hash_, fragment = url.partition("#")
+    rest, mark, query = rest.partition("?")
+    authority = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://([^/]*)", rest)
+    if authority is not None:
+        userinfo, at, host = authority[1].rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if at and colon:
+            rest = f"{rest[: authority.start(1)]}{user}:***@{host}{rest[authority.end(1) :]}"
+    query = _redact_params(query, also)
+    fragment = _redact_params(fragment, also)
+    return f"{rest}{mark}{query}{hash_}{fragment}"
+
+
+def _clipped(text: str) -> str:
+    """``text`` cut to :data:`SHOWN` characters, ``…`` marking the cut: a server
+    that answers the upgrade with a whole web page gets its first lines quoted."""
+    return text if len(text) <= SHOWN else text[:SHOWN] + "…"
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: what a server sent cannot forge log lines."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def with_query(url: str, key: str, value: str) -> str:
@@ -161,29 +214,55 @@ class _Target:
     ssl_context: ssl.SSLContext | None
 
     @classmethod
-    def of(cls, url: str, ssl_context: ssl.SSLContext | None) -> _Target:
-        """Where ``url`` points; ``ValueError`` if it is no WebSocket URL."""
-        parts = urllib.parse.urlsplit(url)
+    def of(
+        cls, url: str, ssl_context: ssl.SSLContext | None, also: Collection[str] = ()
+    ) -> _Target:
+        """Where ``url`` points; ``ValueError`` (naming the URL redacted, with the
+        secret parameters ``also``) if it is no WebSocket URL."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as exc:  # a bad port or IPv6 address: quote the URL, not exc
+            raise ValueError(f"invalid URL {redacted(url, also)!r}: {exc}") from None
         if parts.scheme not in ("ws", "wss"):
-            raise ValueError(f'WebSocket URL scheme must be "ws:" or "wss:": {url!r}')
+            raise ValueError(
+                f'WebSocket URL scheme must be "ws:" or "wss:": {redacted(url, also)!r}'
+            )
         if parts.scheme == "ws" and ssl_context is not None:
             raise ValueError("SSL context must be None for ws: URL scheme")
         if not parts.hostname:
-            raise ValueError(f"no host in the URL {url!r}")
+            raise ValueError(f"no host in the URL {redacted(url, also)!r}")
         secure = parts.scheme == "wss"
         resource = (parts.path or "/") + (f"?{parts.query}" if "?" in url else "")
         return cls(
             host=parts.hostname,
-            port=parts.port or (443 if secure else 80),
+            port=port or (443 if secure else 80),
             resource=resource,
             ssl_context=(ssl_context or ssl.create_default_context()) if secure else None,
         )
 
     @property
     def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.ssl_context is not None else 80
-        return host if self.port == default else f"{host}:{self.port}"
+        return self._host if self.port == default else self.address
+
+    @property
+    def address(self) -> str:
+        """``host:port``, for error messages."""
+        return f"{self._host}:{self.port}"
+
+    @property
+    def _host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+
+def _attempts(exc: BaseException) -> list[BaseException]:
+    """The errors under ``exc``: trio's ``open_tcp_stream`` raises one OSError
+    ("all attempts to connect to ... failed") from a group of one per address."""
+    group = exc if isinstance(exc, BaseExceptionGroup) else exc.__cause__
+    if not isinstance(group, BaseExceptionGroup):
+        return [exc]
+    return [leaf for sub in group.exceptions for leaf in _attempts(sub)]
 
 
 class _Opening:
@@ -191,16 +270,18 @@ class _Opening:
     ``connect_timeout``; :meth:`error` turns every way it fails into
     :class:`ConnectError`."""
 
-    def __init__(self, url: str, connect_timeout: float) -> None:
+    def __init__(
+        self, url: str, target: _Target, connect_timeout: float, secret_params: Collection[str]
+    ) -> None:
         # Errors (and the logs they reach) name the URL, never the credentials in it.
-        self.url = redacted(url)
+        self.url = redacted(url, secret_params)
+        self.target = target
         self.connect_timeout = connect_timeout
         self.stream: _WatchedStream | None = None
 
     async def open(
         self,
         nursery: trio.Nursery,
-        target: _Target,
         *,
         subprotocols: Sequence[str],
         headers: Sequence[tuple[str, str]],
@@ -208,6 +289,7 @@ class _Opening:
     ) -> trio_websocket.WebSocketConnection:
         """The open connection (its reader task runs in ``nursery``). A rejection or
         a malformed answer is raised by that task into ``nursery``, not here."""
+        target = self.target
         try:
             with trio.fail_after(self.connect_timeout):
                 tcp: trio.abc.Stream
@@ -241,12 +323,8 @@ class _Opening:
         except BaseException as exc:
             if self.stream is not None:
                 await trio.aclose_forcefully(self.stream)
-            if isinstance(exc, trio.TooSlowError):
-                raise ConnectError(
-                    self.url, f"timed out after {self.connect_timeout:g} s"
-                ) from None
-            if isinstance(exc, OSError):
-                raise ConnectError(self.url, str(exc) or type(exc).__name__) from None
+            if isinstance(exc, (trio.TooSlowError, OSError)):
+                raise self.error(exc) from None
             raise
 
     def _answer(self) -> str:
@@ -263,14 +341,35 @@ class _Opening:
         code = int(status[1]) if status and status[1] != "101" else None
         return ConnectError(self.url, f"{reason}; its answer began {first!r}", status=code)
 
+    def _unreachable(self, exc: OSError) -> str:
+        """Why the TCP (or TLS) connection could not be made, naming where to."""
+        attempts = _attempts(exc)
+        if all(isinstance(a, ConnectionRefusedError) for a in attempts):
+            return f"connection refused by {self.target.address}"
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve {self.target.host!r} ({exc.strerror or exc})"
+        why = str(exc) or type(exc).__name__
+        causes = dict.fromkeys(str(a) or type(a).__name__ for a in attempts if a is not exc)
+        if causes:
+            why = f"{why} ({'; '.join(causes)})"
+        return _one_line(_clipped(why))
+
     def error(self, exc: Exception) -> ConnectError:
         """The :class:`ConnectError` for ``exc``, raised by :meth:`open` or by the
-        reader task during the handshake."""
+        reader task during the handshake: the one place where what trio and
+        trio-websocket raise becomes ours. What the server sent is quoted clipped
+        (:data:`SHOWN`) and on one line."""
         if isinstance(exc, ConnectError):
             return exc
+        if isinstance(exc, trio.TooSlowError):
+            return ConnectError(self.url, f"timed out after {self.connect_timeout:g} s")
+        if isinstance(exc, OSError):
+            return ConnectError(self.url, self._unreachable(exc))
         if isinstance(exc, trio_websocket.ConnectionRejected):
-            body = (exc.body or b"").decode("utf-8", "replace")
-            reason = f"HTTP {exc.status_code}" + (f" {body}" if body else "")
+            # Not a WebSocket server (a web page), or one that refused the upgrade.
+            body = _clipped((exc.body or b"").decode("utf-8", "replace"))
+            shown = _one_line(body)
+            reason = f"HTTP {exc.status_code}" + (f": {shown}" if shown else "")
             return ConnectError(self.url, reason, status=exc.status_code, body=body)
         # Anything else the reader task raises before the upgrade completes comes of a
         # malformed answer (wsproto, h11 protocol errors): not a WebSocket server.
@@ -279,7 +378,7 @@ class _Opening:
             self.url,
             f"invalid answer to the upgrade: {first!r}"
             if first
-            else f"invalid answer to the upgrade ({exc})",
+            else f"invalid answer to the upgrade ({_one_line(_clipped(str(exc)))})",
         )
 
 
@@ -293,18 +392,20 @@ async def open_socket(
     connect_timeout: float = 10.0,
     close_timeout: float = 5.0,
     max_message_size: int = 1024 * 1024,
+    secret_params: Collection[str] = (),
 ) -> AsyncIterator[ClientSocket]:
     """Open a WebSocket to ``url`` for the block; raises :class:`ConnectError` when
     it cannot be opened (at once when the connection ends before the server answers
-    the upgrade). On exit the socket is closed (gracefully unless cancelled)."""
-    target = _Target.of(url, ssl_context)
-    opening = _Opening(url, connect_timeout)
+    the upgrade). On exit the socket is closed (gracefully unless cancelled).
+    Errors show ``url`` :func:`redacted`, also hiding the query parameters
+    ``secret_params`` (a token the caller attached under a name of its own)."""
+    target = _Target.of(url, ssl_context, secret_params)
+    opening = _Opening(url, target, connect_timeout, secret_params)
     ws: trio_websocket.WebSocketConnection | None = None
     try:
         async with trio.open_nursery() as nursery:  # trio-websocket's reader task
             ws = await opening.open(
                 nursery,
-                target,
                 subprotocols=subprotocols,
                 headers=headers,
                 max_message_size=max_message_size,
