@@ -20,6 +20,10 @@ local serving goes on. Every command is bounded by ``command_timeout``; one that
 times out is taken as a lost connection. Like Valkey pub/sub itself, delivery is
 at most once: what is published while an instance is disconnected does not reach
 that instance's subscribers.
+
+An outage (from the first failed connection attempt, or the loss of a healthy
+session, to the next healthy session) is logged once on ``wskit_trio.valkey``:
+a WARNING when it begins, an INFO with its length when it ends (see ``_outage``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ._connection import (
     ValkeySubscriber,
     parse_url,
 )
+from ._outage import Outage, redact_url, valkey_url
 
 __all__ = ["ValkeyPubSub", "ValkeyPubSubStatistics"]
 
@@ -131,6 +136,7 @@ class ValkeyPubSub:
         self._published = self._publish_failures = 0
         self._received = self._malformed = 0
         self._last_error: str | None = None
+        self._outage = Outage("pub/sub", valkey_url(host, port, db, password), secret=password)
 
     @classmethod
     def from_url(
@@ -146,7 +152,7 @@ class ValkeyPubSub:
     ) -> ValkeyPubSub:
         """From ``valkey://[:password@]host[:port][/db]``."""
         address = parse_url(url)
-        return cls(
+        backend = cls(
             address.host,
             address.port,
             password=address.password,
@@ -158,6 +164,8 @@ class ValkeyPubSub:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
         )
+        backend._outage.where = redact_url(url)  # as configured (scheme, user, ?db=)
+        return backend
 
     # -- state -------------------------------------------------------------------------
 
@@ -356,6 +364,7 @@ class ValkeyPubSub:
     def _failed(self, exc: Exception) -> bool:
         self._connect_failures += 1
         self._last_error = str(exc) or f"{type(exc).__name__} during connect"
+        self._outage.failed(self._last_error)
         return False
 
     async def _serve_session(self, cmd: ValkeyConnection, sub: ValkeySubscriber) -> bool:
@@ -375,7 +384,10 @@ class ValkeyPubSub:
                 healthy = True
                 self._connects += 1
                 self._set_state(connecting=False, session=(cmd, sub))
+                self._outage.ok()
                 await self._watch(cmd, sub, trouble)
+                # Only trouble ends the watch (cancellation raises): the session is lost.
+                self._outage.failed(self._last_error or "the connection to Valkey was lost")
             nursery.cancel_scope.cancel()
         return healthy
 

@@ -14,7 +14,10 @@ between consumes instead of losing it on every call.
 When Valkey cannot be reached the limiter **fails closed** by default: the
 message is refused with ``UNAVAILABLE`` (retryable; the client retries after
 the suggested backoff) rather than let through unlimited. ``fail_open=True``
-lets messages through instead while Valkey is down.
+lets messages through instead while Valkey is down. An outage (from the first
+consume that could not reach Valkey to the next one that did) is logged once on
+``wskit_trio.valkey``: a WARNING when it begins, an INFO with its length when it
+ends (see ``_outage``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .._errors import ValkeyError, ValkeyUnavailable, WsKitError
 from .._protocol.codes import ErrorCode
 from .._protocol.ratelimit import MICROS, Decision, check_cost, check_parameters
 from ._connection import TRANSIENT_ERRORS, ValkeyConnection, parse_url
+from ._outage import Outage, redact_url, valkey_url
 
 __all__ = ["ValkeyRateLimiter", "ValkeyRateLimiterStatistics"]
 
@@ -170,6 +174,7 @@ class ValkeyRateLimiter:
         self._retry_connect_at = -math.inf
         self._allowed = self._limited = self._unavailable = self._connects = 0
         self._last_error: str | None = None
+        self._outage = Outage("rate limiter", _where(connection))
 
     @classmethod
     def from_url(
@@ -197,7 +202,7 @@ class ValkeyRateLimiter:
                 connect_timeout=connect_timeout,
             )
 
-        return cls(
+        limiter = cls(
             capacity=capacity,
             tokens_per_second=tokens_per_second,
             prefix=prefix,
@@ -207,6 +212,9 @@ class ValkeyRateLimiter:
             connect=connect,
             reconnect_interval=reconnect_interval,
         )
+        limiter._outage.where = redact_url(url)
+        limiter._outage.secret = address.password
+        return limiter
 
     @property
     def capacity(self) -> int:
@@ -257,6 +265,7 @@ class ValkeyRateLimiter:
             if exc.kind not in TRANSIENT_ERRORS:
                 raise
             return self._unavailable_decision(exc.message)
+        self._outage.ok()
         allowed, remaining, retry = (int(v) for v in reply)
         if allowed:
             self._allowed += 1
@@ -267,6 +276,7 @@ class ValkeyRateLimiter:
     def _unavailable_decision(self, reason: str) -> Decision:
         self._unavailable += 1
         self._last_error = reason
+        self._outage.failed(reason)
         if self.fail_open:
             return Decision(True, 0, 0)
         raise WsKitError(ErrorCode.UNAVAILABLE, "Rate limiter unavailable")
@@ -301,3 +311,17 @@ class ValkeyRateLimiter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _where(connection: ValkeyConnection | None) -> str:
+    """The address to name in outage logs when no URL is known (``from_url`` sets
+    that): the given connection's peer, else where the connections come from."""
+    if connection is not None:
+        try:
+            peer = connection._stream.socket.getpeername()
+        except OSError:  # closed already
+            peer = None
+        if isinstance(peer, tuple):
+            return valkey_url(peer[0], peer[1])
+        return "<the given connection>"
+    return "<from the connect factory>"
