@@ -52,7 +52,13 @@ async def test_wait_policy_parks_senders_until_the_writer_takes_frames() -> None
             await trio.testing.wait_all_tasks_blocked()
             assert done == ["c"]
     assert outbox.statistics() == OutboxStatistics(
-        queued=1, capacity=2, dropped=0, sent=2, high_water=2
+        queued=1,
+        capacity=2,
+        dropped=0,
+        sent=2,
+        high_water=2,
+        queued_bytes=1,
+        capacity_bytes=8 << 20,
     )
 
 

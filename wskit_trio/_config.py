@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -31,11 +31,24 @@ class Limits:
     max_rpc_timeout: float = 120.0
     #: Frames queued for one client before the policy applies.
     outbound_queue: int = 1024
+    #: Characters of frames queued for one client before the policy applies (one
+    #: frame may go past it, so a single large frame is never refused): a client
+    #: that sends large requests and reads no answers holds at most this much.
+    outbound_queue_bytes: int = 8 * 1024 * 1024
     outbound_policy: QueuePolicy = "wait"
     #: Graceful shutdown: how long in-flight RPCs may run before they are cancelled.
     shutdown_grace: float = 10.0
     #: How long a close handshake (or an ``on_close`` hook) may take before we give up.
     close_timeout: float = 5.0
+    #: How long a new TCP connection (TLS included) may take to send its upgrade
+    #: request; a silent or trickling one is dropped after it.
+    handshake_timeout: float = 10.0
+    #: Connections held at once, server-wide; more are refused at the upgrade with
+    #: 503 and ``Retry-After``. ``None``: no cap (the file-descriptor limit is one).
+    max_connections: int | None = None
+    #: Connections held at once from one client address (see ``trusted_proxies``);
+    #: more are refused with 429 and ``Retry-After``. ``None``: no cap.
+    max_connections_per_ip: int | None = None
 
     def rpc_timeout(self, timeout_ms: Any) -> float:
         """Seconds an RPC may run: the client's ``timeoutMs``, capped by ours
@@ -57,3 +70,7 @@ class Heartbeat:
     interval: float = 30.0
     timeout: float = 10.0
     on_stale: Callable[[ConnectionContext[Any]], Awaitable[None]] | None = None
+
+
+#: What ``serve()`` and the test harness ping with unless told otherwise.
+DEFAULT_HEARTBEAT: Final = Heartbeat()

@@ -60,7 +60,9 @@ class Connection(Generic[D]):
         self.limits = limits
         self.heartbeat = heartbeat
         self.client_id = str(uuid.uuid4())
-        self.outbox = Outbox(limits.outbound_queue, limits.outbound_policy)
+        self.outbox = Outbox(
+            limits.outbound_queue, limits.outbound_policy, limits.outbound_queue_bytes
+        )
         self.context: ConnectionContext[D] = ConnectionContext(self)
         #: In-flight RPCs by correlationId.
         self.rpcs: dict[str, RpcContext[Any, Any, D]] = {}
@@ -81,10 +83,13 @@ class Connection(Generic[D]):
     # -- lifecycle ----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the connection until either side closes it, then run ``on_close``."""
-        if self.router.observer is not None:
-            self.router.observer.connection_opened()
+        """Serve the connection until either side closes it, then run ``on_close``.
+
+        An exception from the runtime itself (not from a handler: those are answered)
+        closes the connection with 1011 and propagates to the server, which logs it."""
         try:
+            if self.router.observer is not None:
+                self.router.observer.connection_opened()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._write_loop)
@@ -97,8 +102,12 @@ class Connection(Generic[D]):
                     nursery.start_soon(self._read_loop)
                     if self.heartbeat is not None:
                         nursery.start_soon(self._heartbeat_loop, self.heartbeat)
+        except Exception:
+            self._close_code, self._close_reason = 1011, "Internal error"
+            raise
         finally:
-            self.outbox.close()
+            # Frames nobody will send are freed now, not whenever the cyclic GC runs.
+            self.outbox.close(discard=True)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self.limits.close_timeout):
                     await self.transport.close(self._close_code, self._close_reason)

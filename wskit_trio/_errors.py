@@ -24,6 +24,7 @@ This module imports nothing from trio, so the sans-IO protocol core can use it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 from ._protocol.codes import ERROR_CODE_META, NOT_GIVEN, ErrorCode, is_retryable
@@ -121,11 +122,18 @@ class CloseError(Exception):
 
 
 class UpgradeRejected(Exception):
-    """Raised by ``authenticate`` to refuse the HTTP upgrade with ``status`` and ``body``."""
+    """Raised by ``authenticate`` to refuse the HTTP upgrade with ``status``, ``body``
+    and extra ``headers`` (``[("retry-after", "30")]``, say)."""
 
-    def __init__(self, status: int = 401, body: str = "Unauthorized") -> None:
+    def __init__(
+        self,
+        status: int = 401,
+        body: str = "Unauthorized",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.status = status
         self.body = body
+        self.headers = tuple(headers)
         super().__init__(f"HTTP {status}: {body}")
 
 

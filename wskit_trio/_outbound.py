@@ -2,8 +2,10 @@
 
 Every frame a connection sends goes through one :class:`Outbox` to one writer
 task, so frames keep their order and a slow client costs at most ``capacity``
-frames of memory: frames the writer has taken count until the transport has
-taken them all. What happens when the queue is full is the policy:
+frames and about ``capacity_bytes`` characters of memory (the frame that crosses
+that line is still taken, so a single large frame always fits): frames the
+writer has taken count until the transport has taken them all. What happens
+when the queue is full (in frames or in size) is the policy:
 
 * ``"wait"``: the sender waits for room (back-pressure into the handler).
 * ``"drop_oldest"``: the oldest progress frame is dropped, else the oldest
@@ -50,19 +52,28 @@ class OutboxStatistics:
     sent: int
     #: The most frames ever queued at once (≤ capacity + RPCs in flight).
     high_water: int = 0
+    #: Characters held (queued or being written), and the bound on them.
+    queued_bytes: int = 0
+    capacity_bytes: int = 0
 
 
 class Outbox:
     """A FIFO of encoded frames with a capacity and a full-queue policy."""
 
-    def __init__(self, capacity: int, policy: QueuePolicy = "wait") -> None:
-        if capacity < 1:
+    def __init__(
+        self, capacity: int, policy: QueuePolicy = "wait", capacity_bytes: int = 8 << 20
+    ) -> None:
+        if capacity < 1 or capacity_bytes < 1:
             raise ValueError("outbound queue capacity must be at least 1")
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
         self.policy: QueuePolicy = policy
         self._frames: deque[tuple[str, FrameKind]] = deque()
         #: Frames of the batch the writer is sending (still held, so still counted).
         self._writing = 0
+        #: Characters held: queued frames and the writer's batch (``_writing_bytes``).
+        self._bytes = 0
+        self._writing_bytes = 0
         self._readable = trio.lowlevel.ParkingLot()
         self._writable = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -88,7 +99,20 @@ class Outbox:
         return len(self._frames) + self._writing
 
     def statistics(self) -> OutboxStatistics:
-        return OutboxStatistics(len(self), self.capacity, self.dropped, self.sent, self.high_water)
+        return OutboxStatistics(
+            len(self),
+            self.capacity,
+            self.dropped,
+            self.sent,
+            self.high_water,
+            self._bytes,
+            self.capacity_bytes,
+        )
+
+    def _full(self) -> bool:
+        return (
+            len(self._frames) + self._writing >= self.capacity or self._bytes >= self.capacity_bytes
+        )
 
     def put_nowait(self, frame: str, kind: FrameKind = FrameKind.PLAIN) -> bool:
         """Queue without waiting. Returns ``False`` if the frame was not queued.
@@ -99,15 +123,16 @@ class Outbox:
         if self._closed:
             return False
         frames = self._frames
-        if len(frames) + self._writing >= self.capacity and kind is not FrameKind.TERMINAL:
+        if kind is not FrameKind.TERMINAL and self._full():
             if self.policy == "close":
                 self._overflow()
                 self.dropped += 1
                 return False
-            if self.policy == "wait" or not self._evict_one():
+            if self.policy == "wait" or not self._evict_until_room():
                 self.dropped += 1
                 return False
         frames.append((frame, kind))
+        self._bytes += len(frame)
         held = len(frames) + self._writing
         if held > self.high_water:
             self.high_water = held
@@ -127,12 +152,8 @@ class Outbox:
         """
         if kind is not FrameKind.TERMINAL:
             await trio.lowlevel.checkpoint_if_cancelled()
-            if (
-                len(self._frames) + self._writing >= self.capacity
-                and self.policy == "wait"
-                and not self._closed
-            ):
-                while len(self) >= self.capacity and not self._closed:
+            if self.policy == "wait" and not self._closed and self._full():
+                while self._full() and not self._closed:
                     await self._writable.park()
                 return self.put_nowait(frame, kind)
         queued = self.put_nowait(frame, kind)
@@ -148,7 +169,7 @@ class Outbox:
         under ``"close"`` a full queue overflows (the connection closes). Returns
         ``False`` when nothing should be queued: overflowed or closed.
         """
-        while len(self) >= self.capacity and not self._closed:
+        while self._full() and not self._closed:
             if self.policy == "close":
                 self._overflow()
                 return False
@@ -165,12 +186,21 @@ class Outbox:
 
     def _evict_one(self) -> bool:
         for wanted in (FrameKind.PROGRESS, FrameKind.PLAIN):
-            for index, (_, kind) in enumerate(self._frames):
+            for index, (frame, kind) in enumerate(self._frames):
                 if kind is wanted:
                     del self._frames[index]
+                    self._bytes -= len(frame)
                     self.dropped += 1
                     return True
         return False
+
+    def _evict_until_room(self) -> bool:
+        """Drop oldest droppable frames until there is room; ``False`` if none is left
+        to drop (the queue holds only terminal frames and what is being written)."""
+        while self._full():
+            if not self._evict_one():
+                return False
+        return True
 
     async def get_batch(self, settle: Callable[[], Awaitable[None]] | None = None) -> list[str]:
         """Wait for at least one frame, then take every queued frame, in order.
@@ -183,7 +213,8 @@ class Outbox:
         """
         if self._writing:
             self.sent += self._writing
-            self._writing = 0
+            self._bytes -= self._writing_bytes
+            self._writing = self._writing_bytes = 0
             self._writable.unpark_all()
         while not self._frames:
             if self._closed:
@@ -194,6 +225,7 @@ class Outbox:
         batch = [frame for frame, _ in self._frames]
         self._frames.clear()
         self._writing = len(batch)
+        self._writing_bytes = self._bytes
         return batch
 
     def close(self, *, discard: bool = False) -> None:
@@ -203,5 +235,6 @@ class Outbox:
         if discard:
             self.dropped += len(self._frames)
             self._frames.clear()
+            self._bytes = self._writing_bytes
         self._readable.unpark_all()
         self._writable.unpark_all()

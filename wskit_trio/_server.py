@@ -12,18 +12,22 @@ import inspect
 import logging
 import signal
 import ssl
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from functools import partial
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
 
-from ._config import Heartbeat, Limits
+from ._admission import Admission, TrustedProxies, client_ip
+from ._config import DEFAULT_HEARTBEAT, Heartbeat, Limits
 from ._connection import Connection
-from ._errors import UpgradeRejected
+from ._errors import ConnectionClosed, UpgradeRejected
 from ._groups import single_exception
+from ._protocol._json import dumps
 from ._router import Router
 from ._transport import (
     Accepted,
@@ -33,8 +37,11 @@ from ._transport import (
     host_port,
     select_subprotocol,
 )
-from ._transport._trio_websocket import serve_trio_websocket
-from ._transport._wsproto import serve_wsproto
+from ._transport._accept import aclose_quietly, peer, peer_text, read_head, send_http
+from ._transport._http import RequestHead, check_upgrade
+from ._transport._http import response as http_response
+from ._transport._trio_websocket import open_trio_websocket
+from ._transport._wsproto import open_wsproto
 
 __all__ = ["Authenticate", "Server", "ServerStatistics", "Serve", "TransportName", "serve"]
 
@@ -51,6 +58,12 @@ Authenticate: TypeAlias = Callable[[UpgradeRequest], "D | Awaitable[D | None] | 
 #: dispatching) or ``"trio-websocket"``.
 TransportName: TypeAlias = Literal["wsproto", "trio-websocket"]
 _TRANSPORTS: tuple[TransportName, ...] = ("wsproto", "trio-websocket")
+
+#: A transport's ``open_*(stream, head, request, subprotocol, *, max_message_bytes,
+#: close_timeout)``: answers 101 and yields the WebSocket.
+OpenTransport: TypeAlias = Callable[..., AbstractAsyncContextManager[Transport]]
+
+_INTERNAL: Final = Rejected(500, "Internal Server Error")
 
 
 @attrs.frozen
@@ -71,12 +84,26 @@ class Server(Generic[D]):
         subprotocols: Sequence[str],
         limits: Limits,
         heartbeat: Heartbeat | None,
+        path: str | None = None,
+        health_path: str | None = None,
+        allowed_origins: Sequence[str] | None = None,
+        trusted_proxies: Sequence[str] = (),
+        tls: bool = False,
     ) -> None:
         self._router = router.compile()
         self._authenticate = authenticate
         self._subprotocols = tuple(subprotocols)
         self.limits = limits
         self._heartbeat = heartbeat
+        self._admission = Admission(
+            path=path,
+            allowed_origins=allowed_origins,
+            max_connections=limits.max_connections,
+            max_connections_per_ip=limits.max_connections_per_ip,
+        )
+        self._health_path = health_path
+        self._trusted = TrustedProxies(trusted_proxies)
+        self._scheme = "wss" if tls else "ws"
         self.connections: set[Connection[D]] = set()
         self._stop = trio.Event()
         self._stopped = trio.Event()
@@ -91,8 +118,8 @@ class Server(Generic[D]):
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` of the (first) listener."""
-        return f"ws://{host_port(self.host, self.port)}"
+        """``ws://host:port`` (``wss://`` with TLS) of the (first) listener."""
+        return f"{self._scheme}://{host_port(self.host, self.port)}"
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(len(self.connections), self._accepted, self._rejected)
@@ -106,30 +133,155 @@ class Server(Generic[D]):
         self._stop.set()
         await self._stopped.wait()
 
-    async def decide(self, request: UpgradeRequest) -> Accepted | Rejected:
-        """Run ``authenticate`` and pick the subprotocol (protocol.md §7)."""
-        data: Any = None
+    # -- one client, from its first byte ---------------------------------------------
+
+    async def _serve_stream(self, open_transport: OpenTransport, stream: trio.abc.Stream) -> None:
+        """One TCP connection's whole life. Whatever it sends, only it is affected:
+        its failures are logged and answered (HTTP 500 before the upgrade, 1011 after),
+        and the stream is closed."""
+        address = peer(stream)
+        try:
+            with trio.move_on_after(self.limits.handshake_timeout):
+                head = await read_head(stream)
+            if not isinstance(head, RequestHead | Rejected):
+                log.debug("%s sent no request head in time; dropped", peer_text(address))
+                return
+            if isinstance(head, Rejected):
+                await send_http(stream, head, self.limits.close_timeout)
+                return
+            if head.path == self._health_path and not head.is_upgrade:
+                await send_http(stream, self._health(head), self.limits.close_timeout)
+                return
+            refusal = check_upgrade(head)
+            if refusal is not None:
+                await send_http(stream, refusal, self.limits.close_timeout)
+                return
+            request = UpgradeRequest.from_target(
+                head.target,
+                head.headers,
+                head.subprotocols,
+                peer_text(address),
+                client_ip(address[0] if address else None, head.headers, self._trusted),
+            )
+
+            async def reject(refusal: Rejected) -> None:
+                await send_http(stream, refusal, self.limits.close_timeout)
+
+            await self.handle(
+                request,
+                partial(
+                    open_transport,
+                    stream,
+                    head,
+                    request,
+                    max_message_bytes=self.limits.max_message_bytes,
+                    close_timeout=self.limits.close_timeout,
+                ),
+                reject,
+            )
+        except ConnectionClosed:
+            pass  # the peer went away before the upgrade
+        except Exception:
+            log.exception("connection from %s failed before the upgrade", peer_text(address))
+            await send_http(stream, _INTERNAL, self.limits.close_timeout)
+        finally:
+            await aclose_quietly(stream, self.limits.close_timeout)
+
+    def _health(self, head: RequestHead) -> bytes:
+        """The health check's answer: 200 while serving, 503 while draining or while
+        the pub/sub backend is unhealthy, with the details as JSON."""
+        if head.method not in ("GET", "HEAD"):
+            return http_response(405, "Method not allowed", (("allow", "GET, HEAD"),))
+        backend = self._router.pubsub.backend
+        draining = self._closing or self._stop.is_set()
+        status = "draining" if draining else "ok" if backend.healthy else "degraded"
+        body = dumps(
+            {
+                "status": status,
+                "connections": len(self.connections),
+                "pubsub": {"backend": type(backend).__name__, "healthy": backend.healthy},
+            }
+        )
+        return http_response(
+            200 if status == "ok" else 503,
+            body,
+            (("cache-control", "no-store"),),
+            content_type="application/json",
+            head_only=head.method == "HEAD",
+        )
+
+    async def decide(
+        self, request: UpgradeRequest, default_data: Any = None
+    ) -> Accepted | Rejected:
+        """Path, Origin and caps, then ``authenticate`` and the subprotocol (protocol.md
+        §7). An ``Accepted`` holds a connection slot: :meth:`handle` gives it back.
+        Without ``authenticate`` the connection gets ``default_data``."""
+        refusal = self._admission.admit(request)
+        if refusal is not None:
+            self._rejected += 1
+            return refusal
+        data: Any = default_data
         if self._authenticate is not None:
             try:
                 result = self._authenticate(request)
                 if inspect.isawaitable(result):
                     result = await result
             except UpgradeRejected as exc:
-                self._rejected += 1
-                return Rejected(exc.status, exc.body)
+                refusal = Rejected(exc.status, exc.body, exc.headers)
             except Exception:
-                log.exception("authenticate failed; refusing the upgrade with 500")
+                log.exception(
+                    "authenticate failed for %s; refusing the upgrade with 500", request.client_ip
+                )
+                refusal = _INTERNAL
+            else:
+                if result is None:
+                    refusal = Rejected(401, "Unauthorized")
+                data = result
+            if refusal is not None:
+                self._admission.release(request)
                 self._rejected += 1
-                return Rejected(500, "Internal Server Error")
-            if result is None:
-                self._rejected += 1
-                return Rejected(401, "Unauthorized")
-            data = result
+                return refusal
         self._accepted += 1
         return Accepted(data, select_subprotocol(request.subprotocols, self._subprotocols))
 
+    async def handle(
+        self,
+        request: UpgradeRequest,
+        open_transport: Callable[[str | None], AbstractAsyncContextManager[Transport]],
+        reject: Callable[[Rejected], Awaitable[None]],
+        *,
+        default_data: Any = None,
+    ) -> None:
+        """Everything after a valid upgrade request, for every transport (the test
+        harness's too): :meth:`decide`, then ``reject`` or ``open_transport`` (which
+        answers 101) and the connection's life. Never raises but ``Cancelled``: a
+        failure is logged once and answered (500 before the upgrade, 1011 after)."""
+        upgraded = False
+        try:
+            decision = await self.decide(request, default_data)
+            if isinstance(decision, Rejected):
+                await reject(decision)
+                return
+            try:
+                async with open_transport(decision.subprotocol) as transport:
+                    upgraded = True
+                    await self.run_connection(transport, decision.data)
+            finally:
+                self._admission.release(request)
+        except ConnectionClosed:
+            pass  # the peer went away during the upgrade
+        except Exception:
+            log.exception(
+                "connection from %s failed %s",
+                request.client_ip,
+                "after the upgrade" if upgraded else "during the upgrade",
+            )
+            if not upgraded:
+                await reject(_INTERNAL)
+
     async def run_connection(self, transport: Transport, data: Any) -> None:
-        """Serve one accepted WebSocket until it closes."""
+        """Serve one accepted WebSocket until it closes. A failure is logged with the
+        connection's id and address; the connection closes with 1011."""
         if self._closing:
             with trio.move_on_after(self.limits.close_timeout):
                 await transport.close(1001, "server shutting down")
@@ -143,7 +295,11 @@ class Server(Generic[D]):
         except Exception:
             # A bug in one connection must not take the server (and every other
             # connection) down with it: connections run in the server's nursery.
-            log.exception("connection %s failed", conn.client_id)
+            log.exception(
+                "connection %s from %s failed; closed with 1011",
+                conn.client_id,
+                transport.request.client_ip,
+            )
         finally:
             self.connections.discard(conn)
 
@@ -163,6 +319,19 @@ class Server(Generic[D]):
                 self._stop.set()
                 return
 
+    async def _listen(
+        self, host: str | None, port: int, ssl_context: ssl.SSLContext | None
+    ) -> list[trio.SocketListener | trio.SSLListener[trio.SocketStream]]:
+        try:
+            sockets = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            where = host_port(host or "*", port)
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}") from None
+        self.host, self.port = sockets[0].socket.getsockname()[:2]
+        if ssl_context is None:
+            return list(sockets)
+        return [trio.SSLListener(sock, ssl_context) for sock in sockets]
+
     async def _serve(
         self,
         host: str | None,
@@ -172,36 +341,28 @@ class Server(Generic[D]):
         task_status: trio.TaskStatus[Server[D]],
         transport: TransportName = "wsproto",
     ) -> None:
+        open_transport: OpenTransport = (
+            open_trio_websocket if transport == "trio-websocket" else open_wsproto
+        )
         try:
             async with trio.open_nursery() as services:
                 # The pub/sub backend outlives every connection (they unsubscribe
                 # on close), so it runs in a nursery around theirs.
                 await services.start(self._router.pubsub.backend.run)
                 async with trio.open_nursery() as connections:
-                    listeners: list[Any] = list(await trio.open_tcp_listeners(port, host=host))
-                    if ssl_context is not None:
-                        listeners = [trio.SSLListener(lst, ssl_context) for lst in listeners]
-                    first = listeners[0].transport_listener if ssl_context else listeners[0]
-                    self.host, self.port = first.socket.getsockname()[:2]
-                    accept: Callable[..., Awaitable[None]] = (
-                        serve_trio_websocket
-                        if transport == "trio-websocket"
-                        else partial(serve_wsproto, close_timeout=self.limits.close_timeout)
-                    )
+                    listeners = await self._listen(host, port, ssl_context)
                     async with trio.open_nursery() as accepting:
                         await accepting.start(
                             partial(
-                                accept,
+                                trio.serve_listeners,
+                                partial(self._serve_stream, open_transport),
                                 listeners,
-                                decide=self.decide,
-                                run_connection=self.run_connection,
                                 handler_nursery=connections,
-                                max_message_bytes=self.limits.max_message_bytes,
                             )
                         )
                         if handle_signals and threading.current_thread() is threading.main_thread():
                             await accepting.start(self._watch_signals)
-                        log.info("listening on %s", self.url)
+                        _announce(self.url)
                         task_status.started(self)
                         await self._stop.wait()
                         accepting.cancel_scope.cancel()
@@ -216,6 +377,14 @@ class Server(Generic[D]):
                 services.cancel_scope.cancel()
         finally:
             self._stopped.set()
+
+
+def _announce(url: str) -> None:
+    """``listening on ...`` at INFO; an app that configured no logging at all still
+    sees that one line (on stderr), so ``trio.run(serve(router))`` says where it is."""
+    log.info("listening on %s", url)
+    if not log.hasHandlers():
+        print(f"wskit_trio: listening on {url}", file=sys.stderr, flush=True)
 
 
 class Serve(Generic[D]):
@@ -237,6 +406,11 @@ class Serve(Generic[D]):
                 subprotocols=opts["subprotocols"],
                 limits=opts["limits"],
                 heartbeat=opts["heartbeat"],
+                path=opts["path"],
+                health_path=opts["health_path"],
+                allowed_origins=opts["allowed_origins"],
+                trusted_proxies=opts["trusted_proxies"],
+                tls=opts["ssl_context"] is not None,
             )
             await server._serve(
                 opts["host"],
@@ -256,18 +430,33 @@ def serve(
     authenticate: Authenticate[D] | None = None,
     subprotocols: Sequence[str] = (),
     limits: Limits | None = None,
-    heartbeat: Heartbeat | None = None,
+    heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
     ssl_context: ssl.SSLContext | None = None,
     handle_signals: bool = True,
     transport: TransportName = "wsproto",
+    path: str | None = None,
+    health_path: str | None = None,
+    allowed_origins: Sequence[str] | None = None,
+    trusted_proxies: Sequence[str] = (),
 ) -> Serve[D]:
     """Serve ``router`` over WebSocket.
 
     ``authenticate`` runs at the HTTP upgrade; without it every connection is
-    accepted with data ``None``. ``handle_signals`` makes SIGINT/SIGTERM a graceful
-    shutdown (only in the main thread); turn it off when embedding. ``transport``
-    picks the WebSocket implementation: ``"wsproto"`` (default, the fast one) or
-    ``"trio-websocket"``.
+    accepted with data ``None``. ``heartbeat`` pings every client (every 30 s, stale
+    10 s later, by default; ``None`` turns it off), so a peer that vanished without
+    a word does not hold its connection forever. ``handle_signals`` makes
+    SIGINT/SIGTERM a graceful shutdown (only in the main thread); turn it off when
+    embedding. ``transport`` picks the WebSocket implementation: ``"wsproto"``
+    (default, the fast one) or ``"trio-websocket"``.
+
+    At the door: ``path`` (``"/ws"``) answers 404 to upgrades on any other path;
+    ``health_path`` (``"/healthz"``) answers a plain GET with 200 and a JSON status,
+    503 while draining or while the pub/sub backend is unhealthy;
+    ``allowed_origins`` (``["https://app.example.com", "https://*.example.com"]``)
+    refuses browsers on other sites with 403 (requests without ``Origin`` pass);
+    ``trusted_proxies`` (addresses or networks) are the reverse proxies whose
+    ``Forwarded`` / ``X-Forwarded-For`` give the client's address, for the caps in
+    ``limits``, ``key_per_ip`` and the logs.
     """
     if transport not in _TRANSPORTS:
         raise ValueError(f"transport must be one of {_TRANSPORTS}, got {transport!r}")
@@ -283,5 +472,9 @@ def serve(
             "ssl_context": ssl_context,
             "handle_signals": handle_signals,
             "transport": transport,
+            "path": path,
+            "health_path": health_path,
+            "allowed_origins": None if allowed_origins is None else tuple(allowed_origins),
+            "trusted_proxies": tuple(trusted_proxies),
         },
     )

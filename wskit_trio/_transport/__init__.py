@@ -67,7 +67,10 @@ class UpgradeRequest:
 
     ``query`` maps each parameter to its first value; ``headers`` keeps every
     header, names lower-cased; ``subprotocols`` are the ones the client offered,
-    in its order.
+    in its order. ``remote`` is the socket's peer (``host:port``); ``client_ip``
+    is the client's address: the peer's, or the one a trusted proxy forwarded
+    (``serve(trusted_proxies=...)``). Connection caps, ``key_per_ip`` and the
+    logs use ``client_ip``.
     """
 
     path: str = "/"
@@ -75,6 +78,7 @@ class UpgradeRequest:
     headers: Sequence[tuple[str, str]] = ()
     subprotocols: Sequence[str] = ()
     remote: str | None = None
+    client_ip: str | None = None
 
     @classmethod
     def from_target(
@@ -83,6 +87,7 @@ class UpgradeRequest:
         headers: Sequence[tuple[str, str]] = (),
         subprotocols: Sequence[str] = (),
         remote: str | None = None,
+        client_ip: str | None = None,
     ) -> UpgradeRequest:
         """Build from the request target (``/path?query``) and raw header pairs."""
         parts = urlsplit(target)
@@ -95,6 +100,7 @@ class UpgradeRequest:
             headers=tuple((k.lower(), v) for k, v in headers),
             subprotocols=tuple(subprotocols),
             remote=remote,
+            client_ip=client_ip,
         )
 
     def header(self, name: str, default: str | None = None) -> str | None:
@@ -185,7 +191,9 @@ class Accepted:
 
 @attrs.frozen
 class Rejected:
-    """The server's answer to an upgrade: refuse with an HTTP status and a short body."""
+    """The server's answer to an upgrade: refuse with an HTTP status, a short body
+    and any extra headers (``Retry-After``, say)."""
 
     status: int
     body: str
+    headers: Sequence[tuple[str, str]] = ()

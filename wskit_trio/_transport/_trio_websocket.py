@@ -9,15 +9,20 @@ message far over the limit still meets the library's own close.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Final
 
 import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import BytesMessage, TextMessage
 
 from .._errors import ConnectionClosed, MessageTooBig
-from . import Accepted, Rejected, UpgradeRequest, host_port, over_limit, request_headers
+from . import UpgradeRequest, over_limit
+from ._http import RequestHead
 
-__all__ = ["TrioWebsocketTransport", "serve_trio_websocket"]
+__all__ = ["TrioWebsocketTransport", "open_trio_websocket"]
 
 
 def _library_limit(max_message_bytes: int) -> int:
@@ -97,50 +102,76 @@ class TrioWebsocketTransport:
             raise _closed(exc) from None
 
 
-async def serve_trio_websocket(
-    listeners: Sequence[trio.SocketListener | trio.SSLListener[trio.SocketStream]],
+class _Bounded(trio_websocket.WebSocketConnection):
+    """trio-websocket keeps a message's fragments in a list and counts only their
+    lengths, so a flood of empty fragments grows it without bound. Each fragment
+    counts a little more here: such a message meets the library's own limit, and
+    its 1009, while its memory is still small."""
+
+    async def _handle_message_event(self, event: TextMessage | BytesMessage) -> None:
+        self._message_size += _FRAGMENT_COST
+        await super()._handle_message_event(event)
+
+
+#: What one fragment costs trio-websocket beyond its payload (its list slot, its
+#: string object), in the units of its size limit.
+_FRAGMENT_COST: Final = 64
+
+
+class _Replayed(trio.abc.Stream):
+    """A stream that first gives back bytes already read from it (the request head,
+    read by the server before it chose the transport)."""
+
+    def __init__(self, stream: trio.abc.Stream, replay: bytes) -> None:
+        self._stream = stream
+        self._replay = replay
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._replay:
+            data, self._replay = self._replay, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        raise trio.ClosedResourceError  # never called by trio-websocket
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+@asynccontextmanager
+async def open_trio_websocket(
+    stream: trio.abc.Stream,
+    head: RequestHead,
+    request: UpgradeRequest,
+    subprotocol: str | None,
     *,
-    decide: Callable[[UpgradeRequest], Awaitable[Accepted | Rejected]],
-    run_connection: Callable[[TrioWebsocketTransport, object], Awaitable[None]],
-    handler_nursery: trio.Nursery,
     max_message_bytes: int,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Accept WebSockets on ``listeners`` until cancelled; connections run in
-    ``handler_nursery``, so stopping the accept loop leaves them running."""
-
-    async def handle(request: trio_websocket.WebSocketRequest) -> None:
-        remote = request.remote
-        if isinstance(remote, trio_websocket.Endpoint):
-            # The same "host:port" form the wsproto transport reports.
-            remote = host_port(remote.address, remote.port)
-        host = getattr(getattr(request, "_event", None), "host", None)
-        upgrade = UpgradeRequest.from_target(
-            request.path,
-            request_headers(host if isinstance(host, str) else None, request.headers),
-            request.proposed_subprotocols,
-            str(remote) if remote else None,
+    close_timeout: float,
+) -> AsyncIterator[TrioWebsocketTransport]:
+    """Hand a checked upgrade (``check_upgrade``) to trio-websocket: it reads the
+    request again from the replayed head and answers 101. Its reader task lives in
+    a nursery of this connection's own."""
+    async with trio.open_nursery() as nursery:
+        ws = _Bounded(
+            _Replayed(stream, head.raw),
+            WSConnection(ConnectionType.SERVER),
+            max_message_size=_library_limit(max_message_bytes),
         )
-        decision = await decide(upgrade)
-        if isinstance(decision, Rejected):
-            await request.reject(
-                decision.status,
-                extra_headers=[(b"content-type", b"text/plain; charset=utf-8")],
-                body=decision.body.encode("utf-8"),
-            )
-            return
+        nursery.start_soon(ws._reader_task)
         try:
-            ws = await request.accept(subprotocol=decision.subprotocol)
+            ws_request = await ws._get_request()
+            accepted = await ws_request.accept(subprotocol=subprotocol)
         except trio_websocket.ConnectionClosed:
-            return
-        transport = TrioWebsocketTransport(ws, upgrade, max_message_bytes)
-        await run_connection(transport, decision.data)
-
-    server = trio_websocket.WebSocketServer(
-        handle,
-        listeners,
-        handler_nursery=handler_nursery,
-        # ``receive`` checks our limit exactly, without closing (see ``_library_limit``).
-        max_message_size=_library_limit(max_message_bytes),
-    )
-    await server.run(task_status=task_status)  # type: ignore[arg-type]
+            raise ConnectionClosed(1006, "") from None
+        try:
+            yield TrioWebsocketTransport(accepted, request, max_message_bytes)
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,5 +1,6 @@
-"""The fast transport: plain trio streams, the upgrade through wsproto, frames by
-:mod:`._wsframes`. Stream exceptions become ours here and nowhere else.
+"""The fast transport: plain trio streams, the upgrade answered from :mod:`._http`,
+frames by :mod:`._wsframes` (it is named after wsproto, whose handshake and frame
+layer it once ran on). Stream exceptions become ours here and nowhere else.
 
 No task of its own: whoever calls :meth:`WsprotoTransport.receive` (the
 connection's reader) reads the socket, parses every frame in what arrived,
@@ -14,18 +15,16 @@ the peer's close frame, say) waits for that read and looks at what it brought.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Final
 
 import trio
 from trio.lowlevel import ParkingLot
-from wsproto import ConnectionType
-from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .._errors import ConnectionClosed, MessageTooBig
-from . import Accepted, Rejected, UpgradeRequest, host_port, request_headers
+from . import UpgradeRequest
+from ._http import RequestHead, accept_response
 from ._wsframes import (
     Close,
     FrameError,
@@ -38,12 +37,10 @@ from ._wsframes import (
     encode_texts,
 )
 
-__all__ = ["WsprotoTransport", "serve_wsproto"]
+__all__ = ["WsprotoTransport", "open_wsproto"]
 
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE: Final = 65536
-#: How long a client may take to send its upgrade request.
-HANDSHAKE_TIMEOUT: Final = 10.0
 _STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 #: How long the writer waits, at most, for the reader to work through what it has
 #: already received (see :meth:`WsprotoTransport.settle`).
@@ -320,107 +317,23 @@ class WsprotoTransport:
 # -- the upgrade ---------------------------------------------------------------------------
 
 
-def _remote(stream: trio.abc.Stream) -> str | None:
-    inner: Any = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    sock = getattr(inner, "socket", None)
-    try:
-        peer = sock.getpeername() if sock is not None else None
-    except OSError:
-        return None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return host_port(peer[0], peer[1])
-    return None if peer is None else str(peer)
-
-
-async def _read_request(
-    stream: trio.abc.Stream, handshake: H11Handshake
-) -> tuple[UpgradeRequest, bytes] | None:
-    """Read the upgrade request. Returns it with any bytes that came after it, or
-    ``None`` (after answering 400 to anything that is not a WebSocket upgrade)."""
-    while True:
-        data = await stream.receive_some(RECEIVE_SIZE)
-        if not data:
-            return None
-        try:
-            handshake.receive_data(bytes(data))
-            event = next(iter(handshake.events()), None)
-            if not isinstance(event, Request):
-                continue
-            request = UpgradeRequest.from_target(
-                event.target,
-                request_headers(event.host, event.extra_headers),
-                event.subprotocols,
-                _remote(stream),
-            )
-        except Exception as exc:  # wsproto/h11 raise more than RemoteProtocolError
-            hint = exc.event_hint if isinstance(exc, RemoteProtocolError) else None
-            if not isinstance(hint, RejectConnection):
-                hint = RejectConnection(status_code=400)
-            with contextlib.suppress(LocalProtocolError):
-                await stream.send_all(handshake.send(hint))
-            return None
-        break
-    # Bytes the client sent after its request (frames it did not wait to send).
-    h11_conn = getattr(handshake, "_h11_connection", None)
-    trailing = getattr(h11_conn, "trailing_data", (b"", False))[0]
-    return request, bytes(trailing)
-
-
-async def _upgrade(
-    stream: trio.abc.Stream, decide: Callable[[UpgradeRequest], Awaitable[Accepted | Rejected]]
-) -> tuple[UpgradeRequest, Accepted, bytes] | None:
-    """The HTTP upgrade: read the request, decide, answer 101 or the refusal. Returns
-    the request, the decision and the bytes that came after the request, or
-    ``None`` when there is no WebSocket (the handshake state is freed either way)."""
-    handshake = H11Handshake(ConnectionType.SERVER)
-    try:
-        with trio.move_on_after(HANDSHAKE_TIMEOUT):
-            got = await _read_request(stream, handshake)
-        if got is None:
-            return None
-        request, trailing = got
-        decision = await decide(request)
-        if isinstance(decision, Rejected):
-            body = decision.body.encode("utf-8")
-            headers = [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode("ascii")),
-            ]
-            refusal = RejectConnection(status_code=decision.status, headers=headers, has_body=True)
-            await stream.send_all(
-                handshake.send(refusal) + handshake.send(RejectData(data=body, body_finished=True))
-            )
-            return None
-        await stream.send_all(handshake.send(AcceptConnection(subprotocol=decision.subprotocol)))
-    except (*_STREAM_ERRORS, LocalProtocolError):
-        return None
-    return request, decision, trailing
-
-
-async def serve_wsproto(
-    listeners: Sequence[trio.SocketListener | trio.SSLListener[trio.SocketStream]],
+@asynccontextmanager
+async def open_wsproto(
+    stream: trio.abc.Stream,
+    head: RequestHead,
+    request: UpgradeRequest,
+    subprotocol: str | None,
     *,
-    decide: Callable[[UpgradeRequest], Awaitable[Accepted | Rejected]],
-    run_connection: Callable[[WsprotoTransport, object], Awaitable[None]],
-    handler_nursery: trio.Nursery,
     max_message_bytes: int,
-    close_timeout: float = 5.0,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Accept WebSockets on ``listeners`` until cancelled; connections run in
-    ``handler_nursery``, so stopping the accept loop leaves them running."""
-
-    async def handle(stream: trio.abc.Stream) -> None:
-        upgraded = await _upgrade(stream, decide)
-        if upgraded is None:
-            return
-        request, decision, trailing = upgraded
-        transport = WsprotoTransport(
-            stream, request, max_message_bytes, close_timeout=close_timeout, buffered=trailing
-        )
-        del upgraded, trailing
-        await run_connection(transport, decision.data)
-
-    task_status.started()
-    streams: list[Any] = list(listeners)
-    await trio.serve_listeners(handle, streams, handler_nursery=handler_nursery)
+    close_timeout: float,
+) -> AsyncIterator[WsprotoTransport]:
+    """Answer 101 to a checked upgrade (``check_upgrade``) and run the WebSocket on
+    ``stream``; frames the client sent before the 101 are read first."""
+    key = head.header("sec-websocket-key") or ""
+    try:
+        await stream.send_all(accept_response(key, subprotocol))
+    except _STREAM_ERRORS:
+        raise ConnectionClosed(1006, "") from None
+    yield WsprotoTransport(
+        stream, request, max_message_bytes, close_timeout=close_timeout, buffered=head.trailing
+    )

@@ -44,6 +44,11 @@ class PubSubBackend(Protocol):
 
     capability: Capability
 
+    @property
+    def healthy(self) -> bool:
+        """Whether publishes can get through now (the health endpoint reports it)."""
+        ...
+
     def attach(self, deliver: Deliver, local_topics: Callable[[], Collection[str]]) -> None:
         """Where to hand received envelopes, and which topics have local subscribers
         (to subscribe again after a reconnect)."""

@@ -20,6 +20,8 @@ class MemoryPubSub:
     """In-process pub/sub: a publish is delivered before ``publish`` returns."""
 
     capability: Capability = "exact"
+    #: Nothing to lose touch with.
+    healthy: bool = True
 
     def __init__(self) -> None:
         self._deliver: Deliver = _no_delivery

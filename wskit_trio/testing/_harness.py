@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Generic, TypeVar, overload
 
 import attrs
 import trio
 
-from .._config import Heartbeat, Limits
+from .._config import DEFAULT_HEARTBEAT, Heartbeat, Limits
 from .._connection import Connection
 from .._context import ConnectionContext
 from .._errors import ConnectionClosed, UpgradeRejected, WsKitError
@@ -216,39 +217,47 @@ class TestApp(Generic[D]):
         headers: Sequence[tuple[str, str]] = (),
         subprotocols: Sequence[str] = (),
         client_buffer: float = math.inf,
+        client_ip: str = "127.0.0.1",
     ) -> TestClient[D]:
-        """Open a connection. With ``authenticate`` configured, the request (``path``
-        with its query, ``headers``, ``subprotocols``) goes through it and a refusal
-        raises ``UpgradeRejected``; otherwise the connection gets ``data``."""
-        request = UpgradeRequest.from_target(path, headers, subprotocols)
-        if self.server._authenticate is not None:
-            decision = await self.server.decide(request)
-            if isinstance(decision, Rejected):
-                raise UpgradeRejected(decision.status, decision.body)
-            data = decision.data
-        server_end, client_end = memory_pair(
-            request,
-            max_message_bytes=self.server.limits.max_message_bytes,
-            client_buffer=client_buffer,
+        """Open a connection through the server's own door: the request (``path`` with
+        its query, ``headers``, ``subprotocols``, from ``client_ip``) meets the path,
+        Origin and caps checks and ``authenticate``; a refusal raises
+        ``UpgradeRejected``. Without ``authenticate`` the connection gets ``data``."""
+        request = UpgradeRequest.from_target(
+            path, headers, subprotocols, remote="memory", client_ip=client_ip
         )
-        started = trio.Event()
-        box: list[Connection[D]] = []
+        opened: list[MemoryTransport] = []
+        refused: list[Rejected] = []
+        answered = trio.Event()
 
-        async def run() -> None:
-            conn: Connection[D] = Connection(
-                self.server._router, server_end, data, self.server.limits, self.server._heartbeat
+        @asynccontextmanager
+        async def open_transport(subprotocol: str | None) -> AsyncIterator[MemoryTransport]:
+            server_end, client_end = memory_pair(
+                request,
+                max_message_bytes=self.server.limits.max_message_bytes,
+                client_buffer=client_buffer,
             )
-            box.append(conn)
-            self.server.connections.add(conn)
-            started.set()
-            try:
-                await conn.run()
-            finally:
-                self.server.connections.discard(conn)
+            opened.append(client_end)
+            answered.set()
+            yield server_end
 
-        self._nursery.start_soon(run)
-        await started.wait()
-        return TestClient(client_end, box[0])
+        async def reject(refusal: Rejected) -> None:
+            refused.append(refusal)
+            answered.set()
+
+        # The server's own path for a connection: admission, authenticate, guards.
+        self._nursery.start_soon(
+            partial(self.server.handle, request, open_transport, reject, default_data=data)
+        )
+        await answered.wait()
+        if refused:
+            raise UpgradeRejected(refused[0].status, refused[0].body, refused[0].headers)
+        client_end = opened[0]
+        assert client_end.peer is not None
+        for conn in self.server.connections:
+            if conn.transport is client_end.peer:
+                return TestClient(client_end, conn)
+        raise ConnectionClosed(1001, "server shutting down")
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Graceful shutdown of every connection, as ``Server.aclose`` does: new RPCs
@@ -267,9 +276,12 @@ async def open_test_app(
     authenticate: Authenticate[D] | None = None,
     subprotocols: Sequence[str] = (),
     limits: Limits | None = None,
-    heartbeat: Heartbeat | None = None,
+    heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
+    path: str | None = None,
+    allowed_origins: Sequence[str] | None = None,
 ) -> AsyncIterator[TestApp[D]]:
-    """Serve ``router`` in memory for the duration of the block.
+    """Serve ``router`` in memory for the duration of the block, with ``serve()``'s
+    options and defaults (the heartbeat on, ``None`` turns it off).
 
     On exit every connection is closed and every task of it has ended.
     """
@@ -279,6 +291,8 @@ async def open_test_app(
         subprotocols=subprotocols,
         limits=limits or Limits(),
         heartbeat=heartbeat,
+        path=path,
+        allowed_origins=allowed_origins,
     )
     with single_exception():
         async with trio.open_nursery() as services:
