@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import tracemalloc
+from collections.abc import Iterable
 
 import pytest
 from hypothesis import given
@@ -16,6 +18,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from wskit_trio._transport import _wsframes
 from wskit_trio._transport._wsframes import (
+    OP_CONTINUATION,
+    OP_TEXT,
     Close,
     FrameError,
     FrameReader,
@@ -256,3 +260,54 @@ def test_a_long_close_reason_is_cut_on_a_character_boundary() -> None:
     events = server_events(frame)
     assert isinstance(events[0], CloseConnection)
     assert events[0].reason == "é" * 61
+
+
+# -- memory for a message in progress -----------------------------------------------
+
+
+def _held_while_feeding(reader: FrameReader, frames: Iterable[bytes]) -> int:
+    """The most memory (tracemalloc) ``reader`` held above its start while fed
+    ``frames`` in 64 KiB chunks: what a connection pays for one message in progress."""
+    chunks: list[bytes] = []
+    pending = bytearray()
+    for frame in frames:
+        pending += frame
+        if len(pending) >= 65536:
+            chunks.append(bytes(pending))
+            pending.clear()
+    chunks.append(bytes(pending))
+    peak = 0
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for chunk in chunks:
+            reader.feed(chunk)
+            peak = max(peak, tracemalloc.get_traced_memory()[0] - base)
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+def test_zero_length_fragments_cost_nothing_however_many() -> None:
+    reader = FrameReader(64 * 1024)
+    empty = masked(OP_CONTINUATION, b"", fin=False)
+    frames = itertools.chain([masked(OP_TEXT, b"a", fin=False)], itertools.repeat(empty, 200_000))
+    # 200,000 frames held as a list of bytes objects cost megabytes; one buffer, nothing.
+    assert _held_while_feeding(reader, frames) < 64 * 1024
+    reader.feed(masked(OP_CONTINUATION, b"b"))
+    assert reader.take() == "ab"
+
+
+def test_one_byte_fragments_cost_about_the_message_size() -> None:
+    limit = 256 * 1024
+    reader = FrameReader(limit)
+    one = masked(OP_CONTINUATION, b"x", fin=False)
+    frames = itertools.chain([masked(OP_TEXT, b"x", fin=False)], itertools.repeat(one, limit - 2))
+    assert _held_while_feeding(reader, frames) < limit + limit // 4 + 64 * 1024
+    reader.feed(masked(OP_CONTINUATION, b"x"))
+    assert reader.take() == "x" * limit
+    # One byte more than the limit, in fragments too, is refused.
+    reader.feed(masked(OP_TEXT, b"x" * (limit - 1), fin=False))
+    with pytest.raises(FrameError) as info:
+        reader.feed(masked(OP_CONTINUATION, b"yy"))
+    assert info.value.code == 1009

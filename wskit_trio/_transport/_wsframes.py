@@ -90,7 +90,6 @@ class FrameReader:
         "_fragments",
         "_next",
         "_opcode",
-        "_size",
         "_skip",
         "max_message_bytes",
         "messages",
@@ -104,10 +103,10 @@ class FrameReader:
         self._next = 0
         #: Bytes of an incomplete frame, kept for the next :meth:`feed`.
         self._buffer = bytearray()
-        #: Opcode of the fragmented message in progress (0: none), its parts and size.
+        #: Opcode of the fragmented message in progress (0: none) and its payload so
+        #: far, in one buffer: however the client cuts a message, it costs its size.
         self._opcode = 0
-        self._fragments: list[bytes] = []
-        self._size = 0
+        self._fragments = bytearray()
         #: Payload bytes still to skip (of a frame being discarded).
         self._skip = 0
         self._discarding = False
@@ -135,8 +134,8 @@ class FrameReader:
         """From now on drop data frames unread (the connection is closing); control
         frames are still parsed, so the peer's close frame is seen."""
         self._discarding = True
-        self._fragments = []
-        self._opcode = self._size = 0
+        self._fragments = bytearray()
+        self._opcode = 0
 
     def feed(self, data: bytes | bytearray) -> list[Ping | Pong | Close]:
         """Parse ``data`` (after whatever was left over); complete messages go on
@@ -198,7 +197,7 @@ class FrameReader:
                     break
                 pos = start + length
                 continue
-            elif self._size + length > self.max_message_bytes:
+            elif len(self._fragments) + length > self.max_message_bytes:
                 self._keep(buf, pos)
                 self.discard()
                 raise FrameError(1009, "Message too big")
@@ -220,15 +219,13 @@ class FrameReader:
                         messages.append(payload)
                 else:
                     self._opcode = opcode
-                    self._fragments = [payload]
-                    self._size = length
+                    self._fragments += payload
             elif opcode == OP_CONTINUATION:
                 if not self._opcode:
                     raise FrameError(1002, "Continuation frame without a message")
-                self._fragments.append(payload)
-                self._size += length
+                self._fragments += payload
                 if fin:
-                    whole = b"".join(self._fragments)
+                    whole = bytes(self._fragments)
                     if self._opcode == OP_TEXT:
                         try:
                             messages.append(whole.decode("utf-8"))
@@ -236,8 +233,8 @@ class FrameReader:
                             raise FrameError(1007, "Invalid UTF-8 in a text frame") from None
                     else:
                         messages.append(whole)
-                    self._opcode = self._size = 0
-                    self._fragments = []
+                    self._opcode = 0
+                    self._fragments = bytearray()
             elif opcode == OP_PING:
                 controls.append(Ping(payload))
             elif opcode == OP_PONG:
