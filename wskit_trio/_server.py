@@ -141,9 +141,10 @@ class Server(Generic[D]):
         and the stream is closed."""
         address = peer(stream)
         try:
+            head: RequestHead | Rejected | None = None
             with trio.move_on_after(self.limits.handshake_timeout):
                 head = await read_head(stream)
-            if not isinstance(head, RequestHead | Rejected):
+            if head is None:
                 log.debug("%s sent no request head in time; dropped", peer_text(address))
                 return
             if isinstance(head, Rejected):
