@@ -6,14 +6,12 @@ memory stays bounded. Bytes are written by hand (``_raw``); time is virtual
 from __future__ import annotations
 
 import gc
-import logging
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import attrs
-import pytest
 import trio
 import trio.testing
 from _net import net_clock, running_server
@@ -53,7 +51,7 @@ async def assert_serves(server: Server[Any]) -> None:
 
 
 async def wait_connections(server: Server[Any], count: int) -> None:
-    while server.statistics().connections != count:
+    while server.statistics().connections != count:  # noqa: ASYNC110 (no event to wait on)
         await trio.sleep(0.001)
 
 
@@ -92,12 +90,12 @@ async def test_slowloris_connections_are_all_dropped_and_others_are_served(
             pass  # dropped while it still had bytes unread: a reset
         dropped.append(trio.current_time() - start)
 
+    limits = Limits(handshake_timeout=3)
     with trio.fail_after(120):
-        async with running_server(echo_router(), limits=Limits(handshake_timeout=3)) as server:
-            async with trio.open_nursery() as nursery:
-                for _ in range(100):
-                    nursery.start_soon(trickle, server.port)
-                await assert_serves(server)
+        async with running_server(echo_router(), limits=limits) as server, trio.open_nursery() as n:
+            for _ in range(100):
+                n.start_soon(trickle, server.port)
+            await assert_serves(server)
     assert len(dropped) == 100
     assert all(3 <= elapsed < 4.5 for elapsed in dropped), sorted(dropped)[-3:]
 
