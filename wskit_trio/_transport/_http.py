@@ -135,6 +135,9 @@ class HeadReader:
         if len(event.headers) > MAX_HEADERS:
             return Rejected(431, "Too many header fields")
         trailing = bytes(self._h11.trailing_data[0])
+        # h11 bounds a head still incomplete; one that came whole in a read is ours.
+        if len(self._raw) - len(trailing) > MAX_HEAD_BYTES:
+            return Rejected(431, "Request header fields too large")
         return RequestHead(
             method=event.method.decode("ascii", "replace"),
             target=event.target.decode("latin-1"),
