@@ -27,6 +27,7 @@ from wskit_trio import (
     RateLimited,
     Router,
     RpcContext,
+    key_per_ip,
     key_per_user,
     key_per_user_per_type,
     rate_limit,
@@ -502,3 +503,28 @@ async def test_per_route_limit_with_key_per_user(autojump_clock: trio.testing.Mo
             await client.request(ECHO, Ping(str(i)))
             assert (await client.receive()).type == "ECHOED"
         assert limiter.peek("rl:public:u1") == 1
+
+
+async def test_key_per_ip_gives_each_client_address_its_bucket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = MemoryRateLimiter(capacity=1, tokens_per_second=1)
+    router: Router[Conn] = Router()
+    router.use(rate_limit(limiter=limiter, key=key_per_ip))
+
+    @router.on(PING)
+    async def ping(ctx: Context[Ping, Conn]) -> None:
+        await ctx.send(PONG, Pong(reply=ctx.payload.text))
+
+    async with open_test_app(router) as app:
+        first = await app.connect(Conn(), client_ip="192.0.2.1")
+        same = await app.connect(Conn(), client_ip="192.0.2.1")
+        other = await app.connect(Conn(), client_ip="2001:db8::1")
+        await first.send(PING, Ping("a"))
+        await assert_pong(first, "a")
+        await same.send(PING, Ping("b"))
+        assert (await same.receive()).error_code == "RESOURCE_EXHAUSTED"
+        await other.send(PING, Ping("c"))
+        await assert_pong(other, "c")
+    assert limiter.peek("rl:ip:192.0.2.1") == 0
+    assert limiter.peek("rl:ip:2001%3Adb8%3A%3A1") == 0

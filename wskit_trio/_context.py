@@ -23,6 +23,7 @@ from ._protocol import frames
 from ._protocol.codes import ErrorCode
 from ._protocol.validation import unstructure
 from ._schema import MessageSchema
+from ._transport import UpgradeRequest
 from .pubsub._backend import PublishResult
 
 if TYPE_CHECKING:
@@ -98,6 +99,12 @@ class ConnectionContext(Generic[D]):
     def client_id(self) -> str:
         """This connection's id, a UUID assigned by the server."""
         return self._conn.client_id
+
+    @property
+    def request(self) -> UpgradeRequest:
+        """The upgrade request the connection came with (path, query, headers,
+        ``client_ip``)."""
+        return self._conn.transport.request
 
     def assign_data(self, **changes: Any) -> None:
         """Change fields of the connection data (every later handler sees them).

@@ -115,6 +115,13 @@ def key_per_user_per_type(ctx: Context[Any, Any]) -> str:
     return f"{key_per_user(ctx)}:{ctx.type}"
 
 
+def key_per_ip(ctx: Context[Any, Any]) -> str:
+    """``rl:ip:{address}``: one bucket per client address, for anonymous traffic.
+    Behind a reverse proxy, list it in ``serve(trusted_proxies=...)``, or every
+    client shares the proxy's bucket."""
+    return f"rl:ip:{_part(ctx.request.client_ip, 'unknown')}"
+
+
 def _cost_one(ctx: Context[Any, Any]) -> int:
     return 1
 
