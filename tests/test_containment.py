@@ -20,6 +20,8 @@ from test_soak import count_tasks
 import wskit_trio._server as server_module
 from wskit_trio import Router, UpgradeRequest
 from wskit_trio._connection import Connection
+from wskit_trio._transport import Rejected
+from wskit_trio._transport._http import RequestHead, check_upgrade
 from wskit_trio._transport._trio_websocket import TrioWebsocketTransport
 from wskit_trio._transport._wsproto import WsprotoTransport
 from wskit_trio.testing import open_test_app
@@ -49,11 +51,10 @@ def inject(
     """Make ``phase`` fail once, for the first connection after the fault is armed."""
     boom = Once()
     if phase == "head":
-        check = server_module.check_upgrade
 
-        def failing_check(head: Any) -> Any:
+        def failing_check(head: RequestHead) -> Rejected | None:
             boom()
-            return check(head)
+            return check_upgrade(head)
 
         monkeypatch.setattr(server_module, "check_upgrade", failing_check)
     elif phase == "authenticate":

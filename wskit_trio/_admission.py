@@ -121,13 +121,14 @@ def client_ip(
         if chain:
             break
     for hop in reversed(chain):
-        if _parse_ip(hop) is None:
-            break  # "unknown" or obfuscated: nothing further back can be believed
+        address = _parse_ip(hop)
+        if address is None:
+            # "unknown" or obfuscated: whatever stands before it may be made up.
+            return peer_ip
         if not trusted.trusts(hop):
-            return str(_parse_ip(hop))
-    # Every hop is a proxy we trust (or none usable): the farthest usable one.
-    usable = [hop for hop in chain if _parse_ip(hop) is not None]
-    return str(_parse_ip(usable[0])) if usable else peer_ip
+            return str(address)
+    # Every hop is a proxy we trust: the farthest one.
+    return str(_parse_ip(chain[0])) if chain else peer_ip
 
 
 class Admission:
