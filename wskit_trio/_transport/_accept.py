@@ -19,6 +19,10 @@ STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 #: Bytes asked of the socket per read while the head is incomplete: a head is small,
 #: and what follows it (early frames) is kept for the WebSocket.
 _RECEIVE_SIZE: Final = 16384
+#: After a plain HTTP answer: how long, and how much, to read what the client still
+#: sends before closing.
+_LINGER: Final = 1.0
+_LINGER_BYTES: Final = 256 * 1024
 
 
 def peer(stream: trio.abc.Stream) -> tuple[str, int] | None:
@@ -65,6 +69,18 @@ async def send_http(stream: trio.abc.Stream, answer: Rejected | bytes, patience:
     )
     with trio.move_on_after(patience), contextlib.suppress(*STREAM_ERRORS):
         await stream.send_all(data)
+        if isinstance(stream, trio.SocketStream):
+            # Closing with request bytes unread sends a reset, which can destroy the
+            # answer before the client reads it: stop writing, and drop what the
+            # client still sends until it closes (for a moment, a bounded amount).
+            await stream.send_eof()
+            with trio.move_on_after(_LINGER):
+                drained = 0
+                while drained < _LINGER_BYTES:
+                    chunk = await stream.receive_some(_RECEIVE_SIZE)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
 
 
 async def aclose_quietly(stream: trio.abc.Stream, patience: float) -> None:
