@@ -31,10 +31,12 @@ def upgrade_request(port: int, path: str = "/", headers: str = "") -> bytes:
     ).encode()
 
 
-def masked(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\0\0\0\0") -> bytes:
+def masked(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bytes = b"\0\0\0\0"
+) -> bytes:
     """A client frame. The default all-zero mask keeps big payloads cheap to build
     (it is a valid mask: the server unmasks whatever key it gets)."""
-    first = (0x80 if fin else 0) | opcode
+    first = (0x80 if fin else 0) | rsv | opcode
     n = len(payload)
     if n < 126:
         header = bytes((first, 0x80 | n))

@@ -11,6 +11,7 @@ import tracemalloc
 from collections.abc import Iterable
 
 import pytest
+from _raw import masked as raw_masked
 from hypothesis import given
 from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
@@ -41,17 +42,7 @@ def client() -> Connection:
 
 def masked(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
     """A client frame written by hand (for the cases wsproto refuses to write)."""
-    mask = os.urandom(4)
-    first = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    if n < 126:
-        header = bytes((first, 0x80 | n))
-    elif n < 65536:
-        header = bytes((first, 0x80 | 126)) + struct.pack("!H", n)
-    else:
-        header = bytes((first, 0x80 | 127)) + struct.pack("!Q", n)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + body
+    return raw_masked(opcode, payload, fin=fin, rsv=rsv, mask=os.urandom(4))
 
 
 def server_events(data: bytes) -> list[object]:

@@ -6,7 +6,9 @@ connection runtime is written against this interface only; adapters map each
 WebSocket library's exceptions to :class:`~wskit_trio.ConnectionClosed` in
 exactly one place (their own module).
 
-Adapters: ``_wsproto`` (the default: trio streams, the upgrade through wsproto,
+Every server connection starts in ``_http`` (the request head, sans-IO) and
+``_accept`` (its I/O); the server decides, then an adapter's ``open_*`` answers
+101 and yields the transport. Adapters: ``_wsproto`` (the default: trio streams,
 frames by ``_wsframes``, no task of its own) and ``_trio_websocket``; ``_memory``
 is the test harness's. A transport also offers ``pending()`` (messages received
 and not yet taken) and ``settle()`` (awaited by the connection's writer before it
@@ -17,7 +19,7 @@ point per answer and answered with one write.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -30,7 +32,6 @@ __all__ = [
     "UpgradeRequest",
     "host_port",
     "over_limit",
-    "request_headers",
     "select_subprotocol",
 ]
 
@@ -39,16 +40,6 @@ def host_port(host: object, port: object) -> str:
     """``host:port``, the host in brackets when it is an IPv6 address."""
     text = str(host)
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
-
-
-def request_headers(host: str | None, raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """The upgrade request's headers as text. wsproto takes Host out of the header
-    list (into its ``Request`` event); it goes back in first, so ``authenticate``
-    sees every header the client sent."""
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-    if host is not None:
-        headers.insert(0, ("host", host))
-    return headers
 
 
 def over_limit(message: str | bytes, max_bytes: int) -> bool:
