@@ -4,6 +4,7 @@ from ._config import Heartbeat, Limits
 from ._connection import ConnectionStatistics
 from ._context import ConnectionContext, Context, RpcContext
 from ._errors import (
+    AlreadyClosed,
     CloseError,
     ConfigurationError,
     ConnectionClosed,
@@ -34,6 +35,7 @@ __all__ = [
     "ERROR_CODE_META",
     "CloseError",
     "ConfigurationError",
+    "AlreadyClosed",
     "ConnectionClosed",
     "ConnectionContext",
     "ConnectionStatistics",

@@ -9,10 +9,13 @@ The tree, named by who is at fault::
     │   └── RequestTimeout         client: no answer in time (also a TimeoutError)
     ├── CloseError                 an on_open hook refuses a connection with a close code
     ├── UpgradeRejected            authenticate refuses the HTTP upgrade with a status
-    ├── ConnectionClosed           the WebSocket is gone; the operation cannot complete
+    ├── ConnectionClosed           the peer or the network ended the WebSocket (like trio's
+    │   │                          BrokenResourceError); the operation cannot complete
     │   ├── MessageTooBig          server: a message over max_message_bytes (close 1009)
-    │   ├── ConnectError           client: the WebSocket could not be opened (refused, 401...)
-    │   └── FrameDropped           client: offline, and the offline queue refused the frame
+    │   └── ConnectError           client: the WebSocket could not be opened (refused, 401...)
+    ├── AlreadyClosed              you closed it yourself (aclose) and then used it (like
+    │                              trio's ClosedResourceError)
+    ├── FrameDropped               client: offline, and the offline queue refused the frame
     ├── ConfigurationError         the application wired something up wrong
     │   (also a TypeError: ValidationError for outbound payloads is a ValueError, and
     │   so is InboundValidationError: the client got a frame that breaks its schema)
@@ -31,6 +34,7 @@ from ._protocol.codes import ERROR_CODE_META, NOT_GIVEN, ErrorCode, is_retryable
 
 __all__ = [
     "UNSET",
+    "AlreadyClosed",
     "CloseError",
     "ConfigurationError",
     "ConnectError",
@@ -293,12 +297,18 @@ class ConnectError(ConnectionClosed):
         self.args = (f"cannot connect to {url}: {reason}",)
 
 
-class FrameDropped(ConnectionClosed):
+class FrameDropped(Exception):
     """The client is not connected and its offline queue refused the frame (the
     queue is full, or ``"off"``), or evicted it to make room (``"drop_oldest"``).
-    Nothing was sent."""
+    Nothing was sent. A decision of the local queue, not a closed connection: send
+    again later, or make the queue larger."""
 
     def __init__(self, type: str, reason: str) -> None:
-        super().__init__(1006, reason)
+        super().__init__(f"{type} dropped: {reason}")
         self.type = type
-        self.args = (f"{type} dropped: {reason}",)
+        self.reason = reason
+
+
+class AlreadyClosed(Exception):
+    """The client (or connection) was closed by your own ``aclose()`` and then used.
+    Unlike :class:`ConnectionClosed`, nobody else is at fault: the caller is."""

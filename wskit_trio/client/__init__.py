@@ -6,6 +6,7 @@ backoff and jitter, an offline queue, token auth and retry hints.
 """
 
 from .._errors import (
+    AlreadyClosed,
     ConnectError,
     ConnectionClosed,
     FrameDropped,
@@ -27,6 +28,7 @@ __all__ = [
     "ClientState",
     "ClientStatistics",
     "ConnectError",
+    "AlreadyClosed",
     "ConnectionClosed",
     "FrameDropped",
     "InboundMessage",
