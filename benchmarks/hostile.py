@@ -17,6 +17,15 @@ together while one client's ECHO p99 stays within 2x its idle p99".
   upgrade request one byte a second, never finishing it. The server cuts those
   after its handshake timeout; each is reopened as soon as it is cut, so the
   number held stays the same throughout.
+* Then, the attackers closed and the server's RSS settled, the slow readers: a few
+  raw TCP connections from this process (``--slow-readers``, 20; 5 with
+  ``--quick``), each upgraded, then sending ~1 MiB ``ECHO`` frames as fast as its
+  socket takes them and never reading a byte. The server's bounded outbound queue
+  (``Limits.outbound_queue_bytes``) makes it stop reading them; once every one has
+  stalled, the RSS is read (the second claim: "each slow reader costs about that
+  bound, and the RSS comes back once they are gone"), then they are all reset
+  (RST, no close frame), the RSS is polled until it stops dropping, and a new
+  client must still get its ``ECHO`` answered.
 
 Prints a Markdown table (and PASS/MISS against the 2x target), writes it to
 ``benchmarks/results/hostile.md`` and the numbers to ``hostile.json``. Exits 0
@@ -30,7 +39,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -41,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from wskit_trio import Limits
 
 from .load import Idle
 from .run import ECHO_MESSAGE, ROOT, Process, _raise_fd_limit, fd_limit, machine_info
@@ -78,12 +92,21 @@ class Settings:
     settle: float
     #: Seconds one round trip may take before the probe gives up.
     reply_timeout: float = 5.0
+    #: Slow readers (connections sending ~1 MiB ECHOs and reading nothing), opened
+    #: once the idle and slowloris connections are closed; 0: no such phase.
+    slow_readers: int = 20
+    #: Each slow reader stops sending after this many MiB (if the server never
+    #: stops reading it), and all of them after ``slow_reader_push`` seconds.
+    slow_reader_max_mib: int = 64
+    slow_reader_push: float = 30.0
 
 
 FULL = Settings(round_trips=2000, warmup=200, window=15.0, idle=5000, slowloris=500, settle=1.0)
 #: Small counts; the loaded phase still outlasts a 10 s handshake timeout, so the
 #: server cuts (and the attacker reopens) every slowloris connection at least once.
-QUICK = Settings(round_trips=500, warmup=100, window=12.0, idle=500, slowloris=50, settle=1.0)
+QUICK = Settings(
+    round_trips=500, warmup=100, window=12.0, idle=500, slowloris=50, settle=1.0, slow_readers=5
+)
 
 
 # -- the attacker process -----------------------------------------------------------------
@@ -496,6 +519,340 @@ def crash_line(log: str) -> str | None:
     return log.strip().splitlines()[-1][:300]
 
 
+# -- the slow readers -----------------------------------------------------------------------
+
+
+#: A slow reader gives up sending once its socket has taken nothing for this long.
+SLOW_STALL = 2.0
+#: Bytes of the ECHO message each slow reader sends over and over: as large as the
+#: server's inbound limit allows (``Limits.max_message_bytes``), less a margin.
+SLOW_MESSAGE_BYTES = Limits().max_message_bytes - 256
+#: The server's bound on what it queues for one client (the default it runs with).
+OUTBOUND_QUEUE_BYTES = Limits().outbound_queue_bytes
+#: RSS back "near" its level before the slow readers: within this share of what they
+#: added, or within ``RECOVERY_SLACK_KIB``, whichever is larger.
+RECOVERY_SHARE = 0.25
+RECOVERY_SLACK_KIB = 32 * 1024
+#: RSS settling: sampled this often; settled once it has dropped by less than
+#: ``SETTLE_DROP_KIB`` over ``SETTLE_SPAN`` seconds (giving up after ``SETTLE_MAX``).
+SETTLE_EVERY = 0.2
+SETTLE_SPAN = 2.0
+SETTLE_DROP_KIB = 1024
+SETTLE_MAX = 10.0
+
+
+def _echo_frame(size: int) -> bytes:
+    """A masked client text frame carrying an ``ECHO`` message of ``size`` bytes. The
+    mask is all zeros (valid, RFC 6455 §5.3), so the payload goes as it is."""
+    head, tail = '{"type":"ECHO","payload":{"text":"', '","n":1}}'
+    text = "x" * (size - len(head) - len(tail))
+    payload = (head + text + tail).encode()
+    return bytes([0x81, 0x80 | 127]) + len(payload).to_bytes(8, "big") + bytes(4) + payload
+
+
+def _upgrade_request(port: int) -> bytes:
+    return (
+        f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode("ascii")
+
+
+class SlowReader:
+    """One raw TCP connection, upgraded, then sending ``ECHO`` frames as fast as the
+    socket takes them and never reading a byte of the answers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        #: Bytes the socket took (written into the kernel), upgrade request excluded.
+        self.sent = 0
+        #: How the sending ended: "stalled", "capped", "out of time", or an error.
+        self.outcome = "not started"
+
+    @classmethod
+    async def open(cls, port: int, patience: float) -> SlowReader:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(patience):
+                await loop.sock_connect(sock, (HOST, port))
+                await loop.sock_sendall(sock, _upgrade_request(port))
+                answer = b""
+                while b"\r\n\r\n" not in answer and len(answer) < 16384:
+                    data = await loop.sock_recv(sock, 4096)
+                    if not data:
+                        break
+                    answer += data
+        except BaseException:
+            sock.close()
+            raise
+        if not answer.startswith(b"HTTP/1.1 101"):
+            sock.close()
+            raise ProbeError(f"upgrade refused: {_status_line(answer)}")
+        return cls(sock)
+
+    async def push(self, frame: bytes, cap: int, stall: float, deadline: float) -> None:
+        """Send ``frame`` over and over until the socket takes nothing for ``stall``
+        seconds, ``cap`` bytes are sent, or ``deadline`` (``time.monotonic()``)."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(frame)
+        offset = 0
+        self.outcome = "capped"
+        while self.sent < cap:
+            try:
+                taken = self.sock.send(view[offset:])
+            except BlockingIOError:
+                left = min(stall, deadline - time.monotonic())
+                if left <= 0:
+                    self.outcome = "out of time"
+                    return
+                writable: asyncio.Future[None] = loop.create_future()
+
+                def ready(future: asyncio.Future[None] = writable) -> None:
+                    if not future.done():
+                        future.set_result(None)
+
+                loop.add_writer(self.sock.fileno(), ready)
+                try:
+                    await asyncio.wait_for(writable, left)
+                except TimeoutError:
+                    self.outcome = "stalled" if left >= stall else "out of time"
+                    return
+                finally:
+                    loop.remove_writer(self.sock.fileno())
+                continue
+            except OSError as exc:
+                self.outcome = f"send failed: {type(exc).__name__}"
+                return
+            self.sent += taken
+            offset = (offset + taken) % len(frame)
+
+    def reset(self) -> None:
+        """Close abruptly: SO_LINGER 0, so the kernel sends an RST (no close frame)."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+def tcp_queues(port: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """The IPv4 TCP sockets with ``port`` at one end: (local port, remote port) →
+    (send queue, receive queue) in bytes, from ``/proc/net/tcp`` (empty if it cannot
+    be read). Send queue: written, not yet acknowledged; receive queue: not read."""
+    found: dict[tuple[int, int], tuple[int, int]] = {}
+    try:
+        with open("/proc/net/tcp") as table:
+            next(table, None)
+            for line in table:
+                parts = line.split()
+                if len(parts) < 5:
+                    continue
+                local = int(parts[1].rsplit(":", 1)[1], 16)
+                remote = int(parts[2].rsplit(":", 1)[1], 16)
+                if port in (local, remote):
+                    tx, rx = (int(n, 16) for n in parts[4].split(":"))
+                    found[local, remote] = (tx, rx)
+    except (OSError, ValueError):
+        return {}
+    return found
+
+
+def open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+@dataclass
+class SlowPhase:
+    """The slow-reader phase: connections sending ~1 MiB ECHOs, reading nothing."""
+
+    count: int = 0
+    connected: int = 0
+    message_bytes: int = 0
+    #: How each connection's sending ended ("stalled": the socket took nothing for
+    #: ``SLOW_STALL`` seconds).
+    outcomes: dict[str, int] = field(default_factory=dict)
+    #: Seconds from the first byte sent until every connection stopped sending.
+    push_s: float = 0.0
+    rss_before_kib: int | None = None
+    #: The peak while they pushed and sat stalled (sampled every 0.1 s).
+    rss_during_kib: int | None = None
+    rss_after_kib: int | None = None
+    #: Seconds after the resets until the RSS stopped dropping.
+    settle_s: float | None = None
+    fds_before: int | None = None
+    fds_during: int | None = None
+    fds_after: int | None = None
+    #: Bytes the slow readers' sockets took (all of them).
+    sent_bytes: int = 0
+    #: Of those, what reached the server's sockets, and what the server read
+    #: (from ``/proc/net/tcp`` queues; ``None`` if it could not be read).
+    delivered_bytes: int | None = None
+    read_bytes: int | None = None
+    #: ECHOED bytes the server wrote that sit in kernel buffers (both ends).
+    answered_in_kernel_bytes: int | None = None
+    #: The probe's ECHO round trips while the slow readers sat stalled.
+    probe_p50_us: float | None = None
+    probe_p99_us: float | None = None
+    probe_error: str | None = None
+    #: A new client after the resets: ``None`` if served, else what went wrong.
+    fresh_client_error: str | None = None
+    serving_after: bool | None = None
+    error: str | None = None
+
+    @property
+    def growth_kib(self) -> int | None:
+        if self.rss_before_kib is None or self.rss_during_kib is None:
+            return None
+        return self.rss_during_kib - self.rss_before_kib
+
+    @property
+    def per_connection_kib(self) -> float | None:
+        growth = self.growth_kib
+        return None if growth is None or not self.connected else growth / self.connected
+
+    @property
+    def held_per_connection(self) -> float | None:
+        """Bytes the server read and has not answered into its socket yet, per
+        connection: what it holds in its own memory for each slow reader (≈)."""
+        if self.read_bytes is None or self.answered_in_kernel_bytes is None:
+            return None
+        if not self.connected:
+            return None
+        return (self.read_bytes - self.answered_in_kernel_bytes) / self.connected
+
+    @property
+    def residue_kib(self) -> int | None:
+        """RSS after the resets less RSS before the slow readers."""
+        if self.rss_before_kib is None or self.rss_after_kib is None:
+            return None
+        return self.rss_after_kib - self.rss_before_kib
+
+    def allowed_residue_kib(self) -> float:
+        return max(RECOVERY_SHARE * max(0, self.growth_kib or 0), RECOVERY_SLACK_KIB)
+
+    def misses(self) -> list[str]:
+        """Why "the RSS comes back after the slow readers" does not hold (empty: PASS)."""
+        why = []
+        if self.error:
+            why.append(self.error)
+        if self.connected < self.count:
+            why.append(f"only {self.connected} of {self.count} slow readers connected")
+        residue = self.residue_kib
+        if residue is None:
+            if not self.error:
+                why.append("RSS not measured")
+        elif residue > self.allowed_residue_kib():
+            why.append(
+                f"RSS after the resets is {residue / 1024:,.1f} MiB above its level before "
+                f"(allowed {self.allowed_residue_kib() / 1024:,.1f} MiB)"
+            )
+        if self.serving_after is False:
+            why.append(f"a new client fails after the resets ({self.fresh_client_error})")
+        return why
+
+
+async def settle_rss(server: Process, give_up: float = SETTLE_MAX) -> tuple[int | None, float]:
+    """Poll the server's RSS until it stops dropping (bounded by ``give_up`` seconds);
+    returns the last reading and the seconds waited."""
+    began = time.monotonic()
+    readings: list[tuple[float, int]] = []
+    while True:
+        rss = rss_kib(server)
+        now = time.monotonic()
+        if rss is None:
+            return None, now - began
+        readings.append((now, rss))
+        if now - began >= give_up:
+            break
+        older = [kib for at, kib in readings if at <= now - SETTLE_SPAN]
+        if older and older[-1] - rss < SETTLE_DROP_KIB:
+            break
+        await asyncio.sleep(SETTLE_EVERY)
+    return readings[-1][1], readings[-1][0] - began
+
+
+async def slow_readers(
+    server: Process, probe: Probe | None, settings: Settings, report: Report
+) -> None:
+    """Open the slow readers, let them fill everything they can, measure, reset them
+    all, measure again, then check a new client is still served."""
+    s = settings
+    phase = report.slow = SlowPhase(count=s.slow_readers, message_bytes=SLOW_MESSAGE_BYTES)
+    say("slow readers: waiting for the server's RSS to settle")
+    phase.rss_before_kib, _ = await settle_rss(server)
+    phase.fds_before = open_fds(server.pid)
+    say(f"slow readers: {s.slow_readers} connections sending ~1 MiB ECHOs, reading nothing")
+    opened = await asyncio.gather(
+        *(SlowReader.open(server.port, s.reply_timeout) for _ in range(s.slow_readers)),
+        return_exceptions=True,
+    )
+    readers = [r for r in opened if isinstance(r, SlowReader)]
+    failures = [r for r in opened if not isinstance(r, SlowReader)]
+    phase.connected = len(readers)
+    if failures:
+        report.notes.append(f"slow readers that failed to connect: {failures[0]!r}")
+    stop_sampling = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop_sampling.is_set():
+            rss = rss_kib(server)
+            if rss is not None:
+                phase.rss_during_kib = max(phase.rss_during_kib or 0, rss)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_sampling.wait(), 0.1)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        frame = _echo_frame(SLOW_MESSAGE_BYTES)
+        began = time.monotonic()
+        await asyncio.gather(
+            *(
+                r.push(frame, s.slow_reader_max_mib << 20, SLOW_STALL, began + s.slow_reader_push)
+                for r in readers
+            )
+        )
+        phase.push_s = time.monotonic() - began
+        phase.outcomes = dict(Counter(r.outcome for r in readers))
+        phase.sent_bytes = sum(r.sent for r in readers)
+        queues = tcp_queues(server.port)
+        if queues:
+            ports = [r.port for r in readers]
+            zero = (0, 0)
+            client_unsent = sum(queues.get((p, server.port), zero)[0] for p in ports)
+            server_unread = sum(queues.get((server.port, p), zero)[1] for p in ports)
+            phase.delivered_bytes = phase.sent_bytes - client_unsent
+            phase.read_bytes = phase.delivered_bytes - server_unread
+            phase.answered_in_kernel_bytes = sum(
+                queues.get((server.port, p), zero)[0] + queues.get((p, server.port), zero)[1]
+                for p in ports
+            )
+        rss = rss_kib(server)
+        if rss is not None:
+            phase.rss_during_kib = max(phase.rss_during_kib or 0, rss)
+        phase.fds_during = open_fds(server.pid)
+        if probe is not None:
+            stalled = await measure(probe, 100, 1.0, s.reply_timeout)
+            phase.probe_p50_us, phase.probe_p99_us = stalled.p50_us, stalled.p99_us
+            phase.probe_error = stalled.error
+    finally:
+        stop_sampling.set()
+        await sampler
+        for r in readers:
+            r.reset()
+    if not alive(server.pid):
+        phase.error = "the server died during the slow readers"
+        return
+    say("slow readers: reset; waiting for the server's RSS to settle")
+    phase.rss_after_kib, phase.settle_s = await settle_rss(server)
+    phase.fds_after = open_fds(server.pid)
+    phase.fresh_client_error = await fresh_client(f"ws://{HOST}:{server.port}/", s.reply_timeout)
+    phase.serving_after = phase.fresh_client_error is None
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -529,6 +886,8 @@ class Report:
     #: Seconds from the start of the attack to the server's death, if it died.
     server_died_after_s: float | None = None
     server_error: str | None = None
+    #: The slow-reader phase, if it ran.
+    slow: SlowPhase | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
@@ -552,7 +911,10 @@ class Report:
             )
             why.append(f"the server died{when}")
         elif self.serving_at_end is False:
-            why.append(f"the server no longer serves new clients ({self.fresh_client_error})")
+            error = self.fresh_client_error
+            if error is None and self.slow is not None:
+                error = self.slow.fresh_client_error
+            why.append(f"the server no longer serves new clients ({error})")
         if self.idle_phase.error or self.idle_phase.count < s.round_trips:
             why.append(f"idle phase incomplete ({self.idle_phase.error or 'no round trips'})")
         if self.loaded_phase.error or self.loaded_phase.count < s.round_trips:
@@ -643,6 +1005,14 @@ async def attack(server: Process, settings: Settings, report: Report) -> None:
         await watcher
         say("closing the attackers")
         await attacker(60, op="stop")
+        if s.slow_readers > 0 and alive(server.pid):
+            await slow_readers(server, probe, s, report)
+            assert report.slow is not None
+            if report.slow.serving_after is False:
+                report.serving_at_end = False
+            if not alive(server.pid):
+                report.server_alive = False
+                report.server_died_after_s = time.monotonic() - started
     finally:
         stop_watching.set()
         if watcher is not None:
@@ -715,11 +1085,50 @@ def _mib(kib: int | None) -> str:
     return "n/a" if kib is None else f"{kib / 1024:,.1f} MiB"
 
 
+def _bytes_mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / (1 << 20):,.1f} MiB"
+
+
+def slow_rows(phase: SlowPhase) -> list[str]:
+    """The slow-reader phase's rows of the table."""
+    n = phase.connected
+    outcomes = ", ".join(f"{count} {what}" for what, count in sorted(phase.outcomes.items()))
+    per = phase.per_connection_kib
+    residue = phase.residue_kib
+
+    def each(total: float | None) -> float | None:
+        return None if total is None or not n else total / n
+
+    settled = "" if phase.settle_s is None else f", settled in {phase.settle_s:.1f}s"
+    return [
+        f"| slow readers: connections sending {phase.message_bytes / (1 << 20):.2f} MiB ECHOs, "
+        f"never reading (of {phase.count}) | {n} ({outcomes or 'none sent'}) |",
+        f"| server RSS before the slow readers / during (peak) / after the resets | "
+        f"{_mib(phase.rss_before_kib)} / {_mib(phase.rss_during_kib)} / "
+        f"{_mib(phase.rss_after_kib)} |",
+        f"| RSS per slow reader, (during - before) / {n} "
+        f"(outbound queue bound {OUTBOUND_QUEUE_BYTES >> 20} MiB + one frame) | "
+        f"{'n/a' if per is None else f'{per / 1024:,.1f} MiB'} |",
+        f"| pushed by the slow readers in {phase.push_s:.1f}s: taken by TCP / "
+        f"read by the server, total (each) | {_bytes_mib(phase.sent_bytes)} "
+        f"({_bytes_mib(each(phase.sent_bytes))}) / {_bytes_mib(phase.read_bytes)} "
+        f"({_bytes_mib(each(phase.read_bytes))}) |",
+        f"| held in the server per slow reader: read, not yet answered into its socket (≈) | "
+        f"{_bytes_mib(phase.held_per_connection)} |",
+        f"| RSS after the resets - before (allowed ≤ "
+        f"{phase.allowed_residue_kib() / 1024:,.1f} MiB) | "
+        f"{'n/a' if residue is None else f'{residue / 1024:+,.1f} MiB'}{settled} |",
+        f"| server open files before / during / after the slow readers | "
+        f"{phase.fds_before} / {phase.fds_during} / {phase.fds_after} |",
+    ]
+
+
 def render(report: Report) -> str:
     s = report.settings
     idle, loaded = report.idle_phase, report.loaded_phase
     misses = report.misses()
     verdict = "PASS" if not misses else "MISS"
+    slow = report.slow
     ratio = "n/a" if report.ratio is None else f"{report.ratio:.2f}"
     outcomes = ", ".join(f"{n} {what}" for what, n in sorted(report.slowloris_outcomes.items()))
     cut = (
@@ -764,6 +1173,7 @@ def render(report: Report) -> str:
         f"{report.idle_opened:,} / {report.idle_open_at_end:,} |",
         f"| slowloris connections held, min / mean while loaded (of {s.slowloris:,}) | {held} |",
         f"| slowloris connections the server dropped | {report.slowloris_drops:,}{cut} |",
+        *([] if slow is None else slow_rows(slow)),
         f"| server alive at the end | {alive_text} |",
         "",
         f"**{verdict}**"
@@ -773,6 +1183,19 @@ def render(report: Report) -> str:
             else ": " + "; ".join(misses) + "."
         ),
     ]
+    if slow is not None:
+        slow_misses = slow.misses()
+        lines += [
+            "",
+            f"**{'PASS' if not slow_misses else 'MISS'}** (slow readers)"
+            + (
+                f": the server's RSS came back to within "
+                f"{slow.allowed_residue_kib() / 1024:,.1f} MiB of its level before "
+                f"{slow.connected} slow readers, once they were reset, and it still serves."
+                if not slow_misses
+                else ": " + "; ".join(slow_misses) + "."
+            ),
+        ]
     notes = list(report.notes)
     if report.server_error is not None and not report.server_alive:
         notes.append(f"the server's last error (its stderr): `{report.server_error}`")
@@ -782,6 +1205,16 @@ def render(report: Report) -> str:
         )
     if report.fresh_client_error is not None:
         notes.append(f"a new client after the loaded phase: {report.fresh_client_error}")
+    if slow is not None:
+        if slow.fresh_client_error is not None:
+            notes.append(f"a new client after the slow readers: {slow.fresh_client_error}")
+        if slow.probe_error is not None:
+            notes.append(f"the probe while the slow readers sat stalled: {slow.probe_error}")
+        elif slow.probe_p99_us is not None:
+            notes.append(
+                f"probe ECHO p50 / p99 while the slow readers sat stalled: "
+                f"{_us(slow.probe_p50_us)} / {_us(slow.probe_p99_us)} µs"
+            )
     if outcomes:
         notes.append(f"how slowloris connections ended: {outcomes}")
     if report.slowloris_connect_failures:
@@ -796,6 +1229,17 @@ def render(report: Report) -> str:
         f"connections, slowloris TCP connections sending one byte a second and reopened "
         f"when cut) in another. Run took {report.seconds:.0f}s.",
     ]
+    if slow is not None:
+        lines += [
+            "",
+            f"Slow readers (after the attackers are closed and the RSS has settled): raw TCP "
+            f"connections from the probe's process, each sending masked ECHO frames until its "
+            f"socket takes nothing for {SLOW_STALL:g}s (at most "
+            f"{report.settings.slow_reader_max_mib} MiB each), never reading; then all reset "
+            f"(SO_LINGER 0: RST, no close frame) and the RSS polled until it stops dropping "
+            f"(at most {SETTLE_MAX:g}s). Bytes read by the server come from the kernel's "
+            f"socket queues (`/proc/net/tcp`).",
+        ]
     return "\n".join(lines)
 
 
@@ -806,6 +1250,16 @@ def to_json(report: Report) -> dict[str, Any]:
     data["target_ratio"] = TARGET_RATIO
     data["misses"] = report.misses()
     data["verdict"] = "PASS" if not data["misses"] else "MISS"
+    if report.slow is not None:
+        slow = data["slow"]
+        slow["growth_kib"] = report.slow.growth_kib
+        slow["per_connection_kib"] = report.slow.per_connection_kib
+        slow["held_per_connection_bytes"] = report.slow.held_per_connection
+        slow["residue_kib"] = report.slow.residue_kib
+        slow["allowed_residue_kib"] = report.slow.allowed_residue_kib()
+        slow["outbound_queue_bytes"] = OUTBOUND_QUEUE_BYTES
+        slow["misses"] = report.slow.misses()
+        slow["verdict"] = "PASS" if not slow["misses"] else "MISS"
     return data
 
 
@@ -814,13 +1268,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.hostile", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--quick", action="store_true", help="500 idle + 50 slowloris, 500 round trips"
+        "--quick",
+        action="store_true",
+        help="500 idle + 50 slowloris, 500 round trips, 5 slow readers",
     )
     parser.add_argument("--transport", choices=list(TRANSPORTS), default="wsproto")
     parser.add_argument("--round-trips", type=int, help="ECHO round trips per phase")
     parser.add_argument("--idle", type=int, help="idle WebSocket connections")
     parser.add_argument("--slowloris", type=int, help="slowloris connections")
     parser.add_argument("--window", type=float, help="seconds each phase is spread over")
+    parser.add_argument(
+        "--slow-readers", type=int, help="connections sending ~1 MiB ECHOs, reading nothing"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
     parser.add_argument("--attacker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -842,6 +1301,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle": args.idle,
         "slowloris": args.slowloris,
         "window": args.window,
+        "slow_readers": args.slow_readers,
     }
     settings = Settings(
         **{**asdict(settings), **{k: v for k, v in overrides.items() if v is not None}}
