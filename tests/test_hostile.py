@@ -12,11 +12,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 from _net import net_clock, running_server
 from _raw import OP_CONTINUATION, OP_TEXT, RawSocket, masked, upgrade_request
 
+import wskit_trio._server as server_module
 from wskit_trio import Context, Limits, Router, Server, message
 
 __all__ = ["net_clock"]  # the fixture, re-exported so pytest finds it here
@@ -226,3 +228,30 @@ async def test_a_slow_reader_holds_bounded_memory_and_frees_it_when_it_vanishes(
                 await assert_serves(server)
     finally:
         gc.enable()
+
+
+async def test_the_heap_is_trimmed_once_after_large_connections_end(
+    net_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(server_module, "trim_heap", lambda: trims.append(trio.current_time()))
+    big = "x" * (1536 * 1024)
+    with trio.fail_after(60):
+        async with running_server(
+            echo_router(), limits=Limits(max_message_bytes=2 << 20)
+        ) as server:
+            # Small connections never trim.
+            await assert_serves(server)
+            await wait_connections(server, 0)
+            await trio.sleep(5)
+            assert trims == []
+            # Two large ones ending together: one trim, a moment later.
+            for _ in range(2):
+                client = await RawSocket.connect(server.port)
+                await client.send_json({"type": "ECHO", "payload": {"text": big}})
+                assert (await client.receive_json())["payload"]["text"] == big
+                await client.stream.aclose()
+            await wait_connections(server, 0)
+            ended = trio.current_time()
+            await trio.sleep(5)
+            assert len(trims) == 1 and 0 < trims[0] - ended <= 1.5

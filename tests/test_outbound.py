@@ -59,6 +59,7 @@ async def test_wait_policy_parks_senders_until_the_writer_takes_frames() -> None
         high_water=2,
         queued_bytes=1,
         capacity_bytes=8 << 20,
+        high_water_bytes=2,
     )
 
 

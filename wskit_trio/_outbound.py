@@ -55,6 +55,8 @@ class OutboxStatistics:
     #: Characters held (queued or being written), and the bound on them.
     queued_bytes: int = 0
     capacity_bytes: int = 0
+    #: The most characters ever held at once.
+    high_water_bytes: int = 0
 
 
 class Outbox:
@@ -82,6 +84,7 @@ class Outbox:
         self.dropped = 0
         self.sent = 0
         self.high_water = 0
+        self.high_water_bytes = 0
         #: Set by the connection's reader while it works through messages it has
         #: already received: its own ``put`` calls then skip the schedule point
         #: (the burst is bounded by one read; the reader yields when it reads again).
@@ -107,6 +110,7 @@ class Outbox:
             self.high_water,
             self._bytes,
             self.capacity_bytes,
+            self.high_water_bytes,
         )
 
     def _full(self) -> bool:
@@ -133,6 +137,8 @@ class Outbox:
                 return False
         frames.append((frame, kind))
         self._bytes += len(frame)
+        if self._bytes > self.high_water_bytes:
+            self.high_water_bytes = self._bytes
         held = len(frames) + self._writing
         if held > self.high_water:
             self.high_water = held

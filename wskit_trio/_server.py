@@ -27,6 +27,7 @@ from ._config import DEFAULT_HEARTBEAT, Heartbeat, Limits
 from ._connection import Connection
 from ._errors import ConnectionClosed, UpgradeRejected
 from ._groups import single_exception
+from ._memory import LARGE_CONNECTION_BYTES, trim_heap
 from ._protocol._json import dumps
 from ._router import Router
 from ._transport import (
@@ -115,6 +116,9 @@ class Server(Generic[D]):
         self._rejected = 0
         self.host = ""
         self.port = 0
+        #: The nursery of the server's own tasks, once it runs.
+        self._services: trio.Nursery | None = None
+        self._trimming = False
 
     @property
     def url(self) -> str:
@@ -303,6 +307,21 @@ class Server(Generic[D]):
             )
         finally:
             self.connections.discard(conn)
+            if conn.outbox.high_water_bytes >= LARGE_CONNECTION_BYTES:
+                self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """Give the memory a large connection held back to the OS, a moment after it
+        ended (one trim for a burst of them): see ``_memory``."""
+        if self._trimming or self._services is None:
+            return
+        self._trimming = True
+        self._services.start_soon(self._trim_after, 1.0)
+
+    async def _trim_after(self, delay: float) -> None:
+        await trio.sleep(delay)
+        self._trimming = False
+        trim_heap()
 
     async def _shutdown_connections(self) -> None:
         """Shut every connection down gracefully (``Connection.shutdown``), at once, and
@@ -347,6 +366,7 @@ class Server(Generic[D]):
         )
         try:
             async with trio.open_nursery() as services:
+                self._services = services
                 # The pub/sub backend outlives every connection (they unsubscribe
                 # on close), so it runs in a nursery around theirs.
                 await services.start(self._router.pubsub.backend.run)
