@@ -22,8 +22,7 @@ import trio_websocket
 import wsproto
 import wsproto.events as ws_events
 
-from wskit_trio import Router, Server, serve
-from wskit_trio._server import TransportName
+from wskit_trio import Router, Server, TransportName, serve
 
 __all__ = [
     "AUTOJUMP_THRESHOLD",

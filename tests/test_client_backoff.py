@@ -1,6 +1,8 @@
-"""The client's reconnect schedule: the pure backoff maths, the offline queue, and the
-delays the client really waits, under ``autojump_clock`` (a fake socket opener
-stands in for the network, so every attempt takes zero virtual time)."""
+"""The client's reconnect schedule: the pure backoff maths, the offline queue, the
+delays the client really waits, and what closing raises (``AlreadyClosed`` after the
+client's own ``aclose()``, ``ConnectionClosed`` when the peer is gone), under
+``autojump_clock`` (a fake socket opener stands in for the network, so every
+attempt takes zero virtual time)."""
 
 from __future__ import annotations
 
@@ -12,19 +14,23 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from conftest import ECHO, Ping
 from hypothesis import given
 from hypothesis import strategies as st
 
 from wskit_trio import message
 from wskit_trio.client import (
+    AlreadyClosed,
     Backoff,
+    Client,
     ClientState,
     ConnectError,
     ConnectionClosed,
+    FrameDropped,
     Reconnect,
     open_client,
 )
-from wskit_trio.client import _client as client_module
+from wskit_trio.client import _supervisor as supervisor_module
 from wskit_trio.client._queue import OfflineQueue, Pushed
 
 LEAVE = message("LEAVE")
@@ -166,7 +172,7 @@ class FakeNetwork:
 @pytest.fixture
 def network(monkeypatch: pytest.MonkeyPatch) -> FakeNetwork:
     network = FakeNetwork()
-    monkeypatch.setattr(client_module, "open_socket", network.open_socket)
+    monkeypatch.setattr(supervisor_module, "open_socket", network.open_socket)
     return network
 
 
@@ -217,7 +223,27 @@ async def test_jitter_stays_within_bounds_and_attempts_reset_on_success(
             assert client.statistics().connects == 2
 
 
-async def test_no_reconnect_after_aclose(
+# -- closed by aclose() (AlreadyClosed) or by the peer (ConnectionClosed) ----------------
+
+
+async def assert_every_use_raises(client: Client, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        await client.send(LEAVE)
+    with pytest.raises(error):
+        await client.request(ECHO, Ping("x"))
+    with pytest.raises(error):
+        async with client.stream(ECHO, Ping("x")):
+            raise AssertionError("not reached")
+
+
+async def request_failure(client: Client, failures: list[Exception]) -> None:
+    try:
+        await client.request(ECHO, Ping("x"))
+    except Exception as exc:
+        failures.append(exc)
+
+
+async def test_after_aclose_no_reconnect_and_every_use_raises_already_closed(
     network: FakeNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
     network.up = True
@@ -228,5 +254,62 @@ async def test_no_reconnect_after_aclose(
             await trio.sleep(30)
             assert len(network.attempts) == 1
             await client.aclose()  # idempotent
-            with pytest.raises(ConnectionClosed):
+            await assert_every_use_raises(client, AlreadyClosed)
+        async with open_client("ws://fake") as left:
+            pass
+    await assert_every_use_raises(left, AlreadyClosed)  # leaving the block is an aclose()
+    assert not issubclass(AlreadyClosed, ConnectionClosed)  # the caller's fault, not the peer's
+
+
+async def test_requests_cut_off_by_aclose_raise_already_closed(
+    network: FakeNetwork, autojump_clock: trio.testing.MockClock
+) -> None:
+    failures: list[Exception] = []
+    with trio.fail_after(60):
+        for up in (True, False):  # a request sent and unanswered; one in the offline queue
+            network.up = up
+            async with (
+                open_client("ws://fake", wait_open=False) as client,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(request_failure, client, failures)
+                await trio.testing.wait_all_tasks_blocked()
+                assert client.statistics().pending_requests == 1
+                assert client.statistics().queued == (0 if up else 1)
+                await client.aclose()
+    assert [type(exc) for exc in failures] == [AlreadyClosed, AlreadyClosed]
+
+
+async def test_a_lost_connection_raises_connection_closed(
+    network: FakeNetwork, autojump_clock: trio.testing.MockClock
+) -> None:
+    network.up = True
+    failures: list[Exception] = []
+    with trio.fail_after(60):
+        async with open_client("ws://fake", reconnect=False) as client:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(request_failure, client, failures)
+                await trio.testing.wait_all_tasks_blocked()
+                network.sockets[-1].drop()  # the server is gone, and no reconnect
+            await client.wait_state(ClientState.CLOSED)
+            await assert_every_use_raises(client, ConnectionClosed)
+            with pytest.raises(ConnectionClosed) as info:
                 await client.send(LEAVE)
+            assert (info.value.code, info.value.reason) == (1006, "dropped")
+        # Then the block ended, which is an aclose(): the caller's own doing from now on.
+        await assert_every_use_raises(client, AlreadyClosed)
+    [failure] = failures
+    assert type(failure) is ConnectionClosed
+    assert (failure.code, failure.reason) == (1006, "dropped")
+
+
+async def test_a_frame_the_offline_queue_refuses_is_dropped_not_closed(
+    network: FakeNetwork, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        async with open_client("ws://fake", queue="off", wait_open=False) as client:
+            assert await client.send(LEAVE) is False
+            with pytest.raises(FrameDropped) as info:
+                await client.request(ECHO, Ping("x"))
+            assert not isinstance(info.value, ConnectionClosed)
+            assert client.state != ClientState.CLOSED  # still trying to connect

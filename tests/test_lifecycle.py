@@ -23,6 +23,7 @@ import trio.testing
 import trio_websocket
 import wsproto.events as ws_events
 from _net import RawClient, close_of, net_clock, recv_json, running_server, send_json
+from _probe import Probe
 from conftest import ECHO, PING, PONG, Conn, Ping, Pong
 
 from wskit_trio import ConnectionContext, Context, Heartbeat, Limits, Router, RpcContext, serve
@@ -80,9 +81,11 @@ async def test_unanswered_ping_closes_with_1008_at_interval_plus_timeout(
 ) -> None:
     closed: list[str] = []
     cancelled: list[str] = []
+    probe = Probe()
     with trio.fail_after(1000):
         async with open_test_app(
-            lifecycle_router(closed, cancelled), heartbeat=Heartbeat(interval=10, timeout=5)
+            lifecycle_router(closed, cancelled).plugin(probe),
+            heartbeat=Heartbeat(interval=10, timeout=5),
         ) as app:
             client = await app.connect()
             healthy = await app.connect()
@@ -93,7 +96,7 @@ async def test_unanswered_ping_closes_with_1008_at_interval_plus_timeout(
             client.responsive = False  # the next ping (at 20) is never answered
             assert await client.wait_closed() == (1008, "heartbeat timeout")
             assert trio.current_time() - start == 25
-            await client.connection._finished.wait()
+            await probe.wait_ended(client)
             assert client.connection.closed == (1008, "heartbeat timeout")
             assert cancelled == ["1000"]
             assert closed == [client.client_id]
@@ -405,11 +408,13 @@ async def test_app_close_to_a_client_that_does_not_read_is_bounded(
         await ctx.close(4001, "bye")
 
     limits = Limits(close_timeout=3.0)
+    probe = Probe()
+    router.plugin(probe)
     with trio.fail_after(30):
         async with open_test_app(router, limits=limits) as app:
             client = await app.connect(Conn(), client_buffer=1)
             start = trio.current_time()
             await client.send(PING, Ping("x"))
-            await client.connection._finished.wait()
+            await probe.wait_ended(client)
             assert trio.current_time() - start == pytest.approx(3.0)
             assert client.connection.closed == (4001, "bye")

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 import trio_websocket
 from _net import close_of, net_clock, recv_json, running_server, send_json
+from _probe import Probe
 from conftest import ECHO, PING, PONG, Conn, Ping, Pong
 
 from wskit_trio import Context, ErrorCode, Limits, QueuePolicy, Router, RpcContext
@@ -77,7 +78,7 @@ async def test_terminal_frames_never_wait_and_never_drop() -> None:
         assert await outbox.get_batch() == ["p1", "p2", "t0", "t1", "t2"]
 
 
-def test_drop_oldest_drops_progress_first_then_plain_never_terminal() -> None:
+async def test_drop_oldest_drops_progress_first_then_plain_never_terminal() -> None:
     outbox = Outbox(3, "drop_oldest")
     outbox.put_nowait("plain1", FrameKind.PLAIN)
     outbox.put_nowait("prog1", FrameKind.PROGRESS)
@@ -85,13 +86,15 @@ def test_drop_oldest_drops_progress_first_then_plain_never_terminal() -> None:
     assert outbox.put_nowait("plain2", FrameKind.PLAIN)  # evicts prog1
     assert outbox.put_nowait("prog2", FrameKind.PROGRESS)  # evicts plain1 (no progress left)
     assert outbox.put_nowait("plain3", FrameKind.PLAIN)  # evicts prog2
-    assert [f for f, _ in outbox._frames] == ["term1", "plain2", "plain3"]
     assert outbox.dropped == 3
     # Full of frames of which only terminals remain: nothing to evict, new plain dropped.
     full = Outbox(1, "drop_oldest")
     full.put_nowait("t", FrameKind.TERMINAL)
     assert not full.put_nowait("x", FrameKind.PLAIN)
     assert full.dropped == 1 and len(full) == 1
+    # What is left, in order: what the writer takes next.
+    assert await outbox.get_batch() == ["term1", "plain2", "plain3"]
+    assert await full.get_batch() == ["t"]
 
 
 def test_close_policy_overflows_instead_of_queueing() -> None:
@@ -162,26 +165,31 @@ async def test_wait_policy_back_pressures_the_handler(
     sent: list[int] = []
     done = trio.Event()
     limits = Limits(outbound_queue=8, outbound_policy="wait")
+    probe = Probe()
+    router = progress_router(100, sent, done).plugin(probe)
     with trio.fail_after(60):
-        async with open_test_app(progress_router(100, sent, done), limits=limits) as app:
+        async with open_test_app(router, limits=limits) as app:
             slow = await app.connect(client_buffer=2)
             await slow.request(ECHO, Ping("x"))
             await trio.sleep(10)  # the client reads nothing for a while
-            outbox = slow.connection.outbox
             # The handler is parked: what it sent is in the client's buffer (2) or
             # held by the outbox (8, queued or taken by the writer).
             parked_at = len(sent)
-            assert parked_at <= outbox.capacity + 2
+            assert parked_at <= limits.outbound_queue + 2
+            assert probe.statistics(slow).outbox.queued == limits.outbound_queue
             await trio.sleep(10)
             assert len(sent) == parked_at
-            assert outbox.high_water <= outbox.capacity
-            assert outbox.statistics().dropped == 0
+            stats = probe.statistics(slow).outbox
+            assert stats.capacity == limits.outbound_queue
+            assert stats.high_water <= stats.capacity
+            assert stats.dropped == 0
             assert not done.is_set()
             frames = await drain(slow)
             # Nothing lost, in order.
             assert [f.payload["reply"] for f in frames] == [str(i) for i in range(100)] + ["done"]
-            assert outbox.high_water <= outbox.capacity
-            assert outbox.statistics().dropped == 0
+            stats = probe.statistics(slow).outbox
+            assert stats.high_water <= stats.capacity
+            assert stats.dropped == 0
 
 
 async def test_drop_oldest_never_blocks_and_keeps_the_reply(
@@ -190,15 +198,17 @@ async def test_drop_oldest_never_blocks_and_keeps_the_reply(
     sent: list[int] = []
     done = trio.Event()
     limits = Limits(outbound_queue=8, outbound_policy="drop_oldest")
+    probe = Probe()
+    router = progress_router(1000, sent, done).plugin(probe)
     with trio.fail_after(60):
-        async with open_test_app(progress_router(1000, sent, done), limits=limits) as app:
+        async with open_test_app(router, limits=limits) as app:
             slow = await app.connect(client_buffer=2)
             await slow.request(ECHO, Ping("x"))
             await done.wait()  # the handler finished without the client reading a frame
-            outbox = slow.connection.outbox
-            stats = outbox.statistics()
-            assert stats.high_water <= outbox.capacity + 1  # + the reply
-            assert stats.queued <= outbox.capacity + 1
+            stats = probe.statistics(slow).outbox
+            assert stats.capacity == limits.outbound_queue
+            assert stats.high_water <= stats.capacity + 1  # + the reply
+            assert stats.queued <= stats.capacity + 1
             frames = await drain(slow)
             assert frames[-1].raw == {
                 "type": "ECHOED",
@@ -208,7 +218,7 @@ async def test_drop_oldest_never_blocks_and_keeps_the_reply(
             progress = [int(f.payload["reply"]) for f in frames[:-1]]
             assert progress == sorted(progress)  # order kept among survivors
             assert progress[-1] == 999  # the newest progress survives, the oldest go
-            assert outbox.statistics().dropped == 1000 - len(progress) > 900
+            assert probe.statistics(slow).outbox.dropped == 1000 - len(progress) > 900
 
 
 async def test_close_policy_closes_the_slow_client_with_1008(
@@ -217,25 +227,31 @@ async def test_close_policy_closes_the_slow_client_with_1008(
     sent: list[int] = []
     done = trio.Event()
     limits = Limits(outbound_queue=8, outbound_policy="close", close_timeout=5)
+    probe = Probe()
+    router = progress_router(1000, sent, done).plugin(probe)
     with trio.fail_after(60):
-        async with open_test_app(progress_router(1000, sent, done), limits=limits) as app:
+        async with open_test_app(router, limits=limits) as app:
             slow = await app.connect(client_buffer=2)
             fine = await app.connect()
             await slow.request(ECHO, Ping("x"))
             await trio.sleep(1)  # not reading: the queue overflows
-            conn = slow.connection
-            assert conn.outbox.overflowed.is_set() and conn.outbox.closed
-            assert conn.outbox.high_water <= 8
+            # Overflowed: reported, and the frames still queued were dropped (what the
+            # writer holds is all that is left); every frame sent is accounted for.
             assert [e.code for e in app.errors] == [ErrorCode.RESOURCE_EXHAUSTED]
+            stats = probe.statistics(slow).outbox
+            assert stats.high_water <= 8
+            assert stats.dropped > 0
+            assert len(sent) == stats.sent + stats.queued + stats.dropped
             # The client reads again: what the writer held, then the 1008 close.
             assert await slow.wait_closed() == (1008, "slow consumer")
             progress = [int(f.payload["reply"]) for f in slow.received]
             assert progress == list(range(len(progress)))  # in order, no gaps
             assert 2 <= len(progress) <= 2 + limits.outbound_queue
             assert trio.current_time() < limits.close_timeout  # no need to wait it out
-            await conn._finished.wait()
+            await probe.wait_ended(slow)
             assert not done.is_set()  # the handler was cancelled with the connection
-            assert conn.rpcs == {} and conn.closed == (1008, "slow consumer")
+            assert probe.statistics(slow).rpcs_in_flight == 0
+            assert slow.connection.closed == (1008, "slow consumer")
             # Only the slow client was closed.
             await fine.send(PING, Ping("still here"))
             assert (await fine.receive()).payload == {"reply": "still here"}
@@ -247,15 +263,16 @@ async def test_close_policy_cuts_off_a_dead_client_after_close_timeout(
     sent: list[int] = []
     done = trio.Event()
     limits = Limits(outbound_queue=8, outbound_policy="close", close_timeout=5)
+    probe = Probe()
+    router = progress_router(1000, sent, done).plugin(probe)
     with trio.fail_after(60):
-        async with open_test_app(progress_router(1000, sent, done), limits=limits) as app:
+        async with open_test_app(router, limits=limits) as app:
             dead = await app.connect(client_buffer=2)
             await dead.request(ECHO, Ping("x"))
-            conn = dead.connection
-            await conn._finished.wait()
+            await probe.wait_ended(dead)
             assert trio.current_time() == pytest.approx(limits.close_timeout)
-            assert conn.closed == (1008, "slow consumer")
-            assert conn.outbox.high_water <= 8
+            assert dead.connection.closed == (1008, "slow consumer")
+            assert probe.statistics(dead).outbox.high_water <= 8
             assert app.server.connections == set()
 
 
@@ -273,19 +290,22 @@ async def test_request_flood_without_reading_stays_bounded(
         await ctx.reply(Pong(ctx.payload.text))
 
     limits = Limits(outbound_queue=4, outbound_policy=policy, max_in_flight_rpcs=3)
+    probe = Probe()
+    router.plugin(probe)
+    bound = limits.outbound_queue + limits.max_in_flight_rpcs
     with trio.fail_after(60):
         async with open_test_app(router, limits=limits) as app:
             flood = await app.connect(client_buffer=1)
             for i in range(500):
                 await flood.request(ECHO, Ping(str(i)))
             await trio.sleep(5)
-            outbox = flood.connection.outbox
-            assert outbox.high_water <= limits.outbound_queue + limits.max_in_flight_rpcs
+            assert probe.statistics(flood).outbox.high_water <= bound
             # Every request is answered, in order, once the client reads: none dropped.
             replies = [(await flood.receive()).payload["reply"] for _ in range(500)]
             assert replies == [str(i) for i in range(500)]
-            assert outbox.statistics().dropped == 0
-            assert outbox.high_water <= limits.outbound_queue + limits.max_in_flight_rpcs
+            stats = probe.statistics(flood).outbox
+            assert stats.dropped == 0
+            assert stats.high_water <= bound
 
 
 async def test_deadline_error_is_queued_past_a_full_queue(
@@ -296,15 +316,17 @@ async def test_deadline_error_is_queued_past_a_full_queue(
     sent: list[int] = []
     done = trio.Event()
     limits = Limits(outbound_queue=4, outbound_policy="wait")
+    probe = Probe()
+    router = progress_router(100, sent, done).plugin(probe)
     with trio.fail_after(60):
-        async with open_test_app(progress_router(100, sent, done), limits=limits) as app:
+        async with open_test_app(router, limits=limits) as app:
             slow = await app.connect(client_buffer=1)
             start = trio.current_time()
             await slow.request(ECHO, Ping("x"), timeout_ms=3000)
             await trio.sleep(5)
-            outbox = slow.connection.outbox
-            assert slow.connection.rpcs == {}
-            assert len(outbox) == outbox.capacity + 1  # 4 progress + the error
+            stats = probe.statistics(slow)
+            assert stats.rpcs_in_flight == 0
+            assert stats.outbox.queued == stats.outbox.capacity + 1  # 4 progress + the error
             frames = await drain(slow)
             assert frames[-1].error_code == "DEADLINE_EXCEEDED"
             assert [f.payload["reply"] for f in frames[:-1]] == [str(i) for i in range(len(sent))]
@@ -379,11 +401,13 @@ async def test_net_client_that_stops_reading(
     sent: list[int] = []
     done = trio.Event()
     limits = Limits(outbound_queue=8, outbound_policy=policy, close_timeout=30)
+    probe = Probe()
+    router = big_router(count, sent, done).plugin(probe)
     with trio.fail_after(120):
         # message_queue_size=0: the client's reader stops reading the socket as soon
         # as one message is waiting for get_message().
         async with (
-            running_server(big_router(count, sent, done), limits=limits) as server,
+            running_server(router, limits=limits) as server,
             trio_websocket.open_websocket_url(
                 server.url, message_queue_size=0, max_message_size=4 * BIG
             ) as slow,
@@ -391,19 +415,21 @@ async def test_net_client_that_stops_reading(
         ):
             await send_json(other, {"type": "PING", "payload": {"text": "hello"}})
             assert (await recv_json(other))["payload"] == {"reply": "hello"}
-            conn = next(c for c in server.connections if c.rpcs == {} and c.outbox.sent == 0)
+            # The slow client's connection: the one nothing was sent to yet.
+            (slow_id,) = (
+                cid for cid, ctx in probe.contexts.items() if ctx.statistics().outbox.sent == 0
+            )
             await request(slow)
             await trio.sleep(5)  # read nothing for 5 s
-            outbox = conn.outbox
             # Memory stays bounded whatever the policy.
-            assert outbox.high_water <= outbox.capacity + 1
+            assert probe.statistics(slow_id).outbox.high_water <= limits.outbound_queue + 1
             # Other connections are served meanwhile.
             await send_json(other, {"type": "PING", "payload": {"text": "still"}})
             assert (await recv_json(other))["payload"] == {"reply": "still"}
 
             if policy == "wait":
                 assert len(sent) < count and not done.is_set()  # parked
-                assert outbox.statistics().dropped == 0
+                assert probe.statistics(slow_id).outbox.dropped == 0
                 replies = await read_rpc(slow)
                 assert replies == [str(i) for i in range(count)] + ["done"]
             elif policy == "drop_oldest":
@@ -412,10 +438,13 @@ async def test_net_client_that_stops_reading(
                 assert replies[-1] == "done"
                 progress = [int(r) for r in replies[:-1]]
                 assert progress == sorted(progress) and progress[-1] == count - 1
-                assert outbox.statistics().dropped == count - len(progress) > 0
+                assert probe.statistics(slow_id).outbox.dropped == count - len(progress) > 0
             else:
                 assert not done.is_set()
-                assert outbox.overflowed.is_set()
+                # Overflowed: reported for the slow client only.
+                assert [(cid, e.code) for cid, e in probe.errors] == [
+                    (slow_id, ErrorCode.RESOURCE_EXHAUSTED)
+                ]
                 progress = []
                 with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                     while True:
@@ -428,10 +457,12 @@ async def test_net_client_that_stops_reading(
                 # The server ends the connection once the client's close reply is in,
                 # a few scheduling rounds after the client saw the close.
                 with trio.fail_after(5):
-                    await conn._finished.wait()
+                    await probe.wait_ended(slow_id)
                 await trio.testing.wait_all_tasks_blocked()
-                assert conn not in server.connections
-            assert outbox.high_water <= outbox.capacity + 1
+                assert server.statistics().connections == 1  # the other one
+            stats = probe.statistics(slow_id).outbox
+            assert stats.capacity == limits.outbound_queue
+            assert stats.high_water <= stats.capacity + 1
 
 
 async def test_net_close_policy_cuts_off_a_client_that_never_reads(
@@ -443,21 +474,23 @@ async def test_net_close_policy_cuts_off_a_client_that_never_reads(
     sent: list[int] = []
     done = trio.Event()
     limits = Limits(outbound_queue=8, outbound_policy="close", close_timeout=2)
+    probe = Probe()
+    router = big_router(1000, sent, done).plugin(probe)
     with trio.fail_after(120):
         async with (
-            running_server(big_router(1000, sent, done), limits=limits) as server,
+            running_server(router, limits=limits) as server,
             trio_websocket.open_websocket_url(
                 server.url, message_queue_size=0, max_message_size=4 * BIG
             ) as dead,
         ):
             await send_json(dead, {"type": "PING", "payload": {"text": "hello"}})
             await trio.sleep(1)
-            (conn,) = server.connections
             start = trio.current_time()
             await request(dead)
-            await conn._finished.wait()
+            await probe.wait_ended()  # the only connection
             assert trio.current_time() - start <= limits.close_timeout
-            assert conn.outbox.high_water <= conn.outbox.capacity
+            stats = probe.statistics().outbox
+            assert stats.high_water <= stats.capacity == limits.outbound_queue
             assert (await recv_json(dead))["type"] == "PONG"
             with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 while True:

@@ -506,7 +506,7 @@ def test_outbound_json_refuses_nan() -> None:
 # -- the protocol core never imports trio --------------------------------------------
 
 
-def test_protocol_imports_without_trio() -> None:
+def test_every_protocol_module_imports_and_runs_without_trio() -> None:
     package_dir = str(Path(wskit_trio.__file__).parent)
     script = textwrap.dedent(
         f"""
@@ -516,8 +516,14 @@ def test_protocol_imports_without_trio() -> None:
         stub.__path__ = [{package_dir!r}]  # skip the real __init__, which imports trio
         sys.modules["wskit_trio"] = stub
 
-        import attrs
+        import attrs, importlib, pkgutil
+        import wskit_trio._protocol as protocol
+        for module in pkgutil.iter_modules(protocol.__path__):
+            importlib.import_module("wskit_trio._protocol." + module.name)
         from wskit_trio._protocol import codes, frames, validation
+        from wskit_trio._protocol.client_session import HEARTBEAT_ACK, ClientSession
+        from wskit_trio._protocol.ratelimit import TokenBucket
+        from wskit_trio._protocol.session import HeartbeatAck, ServerSession
 
         @attrs.frozen
         class Ping:
@@ -531,6 +537,10 @@ def test_protocol_imports_without_trio() -> None:
         assert isinstance(bad, frames.FrameError) and bad.code == "INVALID_ARGUMENT"
         assert codes.error_payload("UNAVAILABLE")["retryAfterMs"] == 100
         frames.encode_error("INTERNAL", correlation_id="c", rpc=True)
+        session = ServerSession({{}}, max_in_flight_rpcs=1, max_rpc_timeout=1.0)
+        assert session.receive('{{"type": "__heartbeat"}}', 0.0) == HeartbeatAck()
+        assert ClientSession().receive('{{"type": "__heartbeat_ack"}}') is HEARTBEAT_ACK
+        assert TokenBucket(1, 1.0, 0).consume(0).allowed
         loaded = sorted(m for m in sys.modules if m.split(".")[0].startswith("trio"))
         assert loaded == ["trio"] and sys.modules["trio"] is None, loaded
         print("ok")

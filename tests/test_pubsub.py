@@ -9,12 +9,14 @@ only make sense for one backend are at the end (memory) and in
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
+from _probe import Probe
 from pubsub_app import (
     NEWS,
     PUBLISH,
@@ -31,7 +33,7 @@ from pubsub_app import (
 )
 from valkey_server import ValkeyServerProcess
 
-from wskit_trio import Limits, OutboundValidationError, Router
+from wskit_trio import Limits, Metrics, OutboundValidationError, Router
 from wskit_trio._protocol import frames
 from wskit_trio._protocol import pubsub as protocol_pubsub
 from wskit_trio.pubsub import MemoryPubSub, PublishResult, PubSubBackend, TopicPolicy
@@ -57,10 +59,18 @@ def backend_factory(request: pytest.FixtureRequest) -> BackendFactory:
 
 @asynccontextmanager
 async def serving(
-    factory: BackendFactory, *, policy: TopicPolicy | None = None, limits: Limits | None = None
+    factory: BackendFactory,
+    *,
+    policy: TopicPolicy | None = None,
+    limits: Limits | None = None,
+    plugins: Sequence[Callable[[Router[Any]], object]] = (),
 ) -> AsyncIterator[tuple[TestApp[Any], Router[Any]]]:
+    """The app on a fresh backend, with ``plugins`` (a :class:`Probe`, ``Metrics``)
+    installed on its router."""
     backend = factory()
     router = make_router(backend, policy=policy)
+    for plugin in plugins:
+        router.plugin(plugin)
     async with open_test_app(router, limits=limits) as app:
         if isinstance(backend, ValkeyPubSub):
             await backend.wait_healthy()
@@ -108,9 +118,10 @@ def news(text: str, seq: int = 0, meta: dict[str, Any] | None = None) -> dict[st
 
 
 async def test_subscribe_has_list_unsubscribe(backend_factory: BackendFactory) -> None:
+    probe = Probe()
     with trio.fail_after(IO_TIMEOUT):
-        async with serving(backend_factory) as (app, router):
-            client = await app.connect()
+        async with serving(backend_factory, plugins=[probe]) as (app, _):
+            client, publisher = await app.connect(), await app.connect()
             assert (await subscribe(client, "room/b")).payload == {
                 "topics": ["room/b"],
                 "has": True,
@@ -118,16 +129,22 @@ async def test_subscribe_has_list_unsubscribe(backend_factory: BackendFactory) -
             assert (await subscribe(client, "room/a")).payload["topics"] == ["room/a", "room/b"]
             # Subscribing twice is a no-op.
             assert (await subscribe(client, "room/a")).payload["topics"] == ["room/a", "room/b"]
-            assert client.connection.topics == {"room/a", "room/b"}
-            assert router.pubsub.subscribers("room/a") == 1
+            assert probe.statistics(client).topics == 2
+            # Each topic reaches it, once: subscribed once however often asked.
+            await publish(publisher, "room/a", "to a", seq=1)
+            await publish(publisher, "room/b", "to b", seq=2)
+            assert [(await receive_news(client)).payload["seq"] for _ in range(2)] == [1, 2]
 
             await client.send(UNSUBSCRIBE, Topic("room/a"))
             assert (await client.receive()).payload == {"topics": ["room/b"], "has": False}
             # Unsubscribing from a topic one does not have is a no-op too.
             await client.send(UNSUBSCRIBE, Topic("room/zzz"))
             assert (await client.receive()).payload == {"topics": ["room/b"], "has": False}
-            assert router.pubsub.subscribers("room/a") == 0
-            assert router.pubsub.statistics().topics == 1
+            assert probe.statistics(client).topics == 1
+            # room/a reaches it no more (the next frame is the later room/b one).
+            await publish(publisher, "room/a", "gone", seq=3)
+            await publish(publisher, "room/b", "still", seq=4)
+            assert (await receive_news(client)).payload["seq"] == 4
 
 
 async def test_delivery_frame_is_type_and_payload_plus_meta_only_if_given(
@@ -164,8 +181,9 @@ async def test_exclude_self(backend_factory: BackendFactory) -> None:
 
 
 async def test_payload_validated_before_publish(backend_factory: BackendFactory) -> None:
+    metrics = Metrics()
     with trio.fail_after(IO_TIMEOUT):
-        async with serving(backend_factory) as (app, router):
+        async with serving(backend_factory, plugins=[metrics]) as (app, router):
             subscriber, publisher = await app.connect(), await app.connect()
             await subscribe(subscriber, "t")
             await publisher.send(PUBLISH_INVALID, Topic("t"))
@@ -174,10 +192,11 @@ async def test_payload_validated_before_publish(backend_factory: BackendFactory)
                 await router.publish("t", NEWS, News(text=[1, 2]))  # type: ignore[arg-type]
             with pytest.raises(OutboundValidationError):
                 await router.publish("t", NEWS, cast(Any, {"text": "x", "extra": 1}))
-            assert router.pubsub.statistics().published == 0
+            assert metrics.statistics().publishes == {}  # none was even attempted
             # Nothing was delivered: the first frame the subscriber sees is the next one.
             await router.publish("t", NEWS, News(text="valid"))
             assert (await receive_news(subscriber)).payload == {"text": "valid", "seq": 0}
+            assert metrics.statistics().publishes == {"ok": 1}
 
 
 async def test_router_publish_outside_a_handler(backend_factory: BackendFactory) -> None:
@@ -193,13 +212,14 @@ async def test_router_publish_outside_a_handler(backend_factory: BackendFactory)
 
 
 async def test_publish_result_fields(backend_factory: BackendFactory) -> None:
+    backend = backend_factory()
     with trio.fail_after(IO_TIMEOUT):
-        async with serving(backend_factory) as (app, router):
+        async with serving(lambda: backend) as (app, router):
             for _ in range(3):
                 await subscribe(await app.connect(), "t")
             result = await router.publish("t", NEWS, News("x"))
             nobody = await router.publish("nobody-listens", NEWS, News("x"))
-            if isinstance(router.pubsub.backend, MemoryPubSub):
+            if isinstance(backend, MemoryPubSub):
                 assert result == PublishResult(ok=True, matched=3, capability="exact")
                 assert nobody == PublishResult(ok=True, matched=0, capability="exact")
             else:
@@ -209,24 +229,31 @@ async def test_publish_result_fields(backend_factory: BackendFactory) -> None:
             assert refused.ok is False
             assert refused.error == "INVALID_ARGUMENT"
             assert refused.retryable is False
-            assert refused.capability == router.pubsub.backend.capability
+            assert refused.capability == backend.capability
 
 
 async def test_subscriptions_end_when_the_connection_closes(
     backend_factory: BackendFactory,
 ) -> None:
+    backend = backend_factory()
+    probe = Probe()
     with trio.fail_after(IO_TIMEOUT):
-        async with serving(backend_factory) as (app, router):
+        async with serving(lambda: backend, plugins=[probe]) as (app, router):
             leaving, staying = await app.connect(), await app.connect()
             await subscribe(leaving, "a")
             await subscribe(leaving, "b")
             await subscribe(staying, "b")
             await leaving.close()
-            await wait_until(lambda: router.pubsub.statistics().subscriptions == 1)
-            assert router.pubsub.statistics().topics == 1
-            assert router.pubsub.subscribers("a") == 0
-            assert router.pubsub.subscribers("b") == 1
-            await router.publish("b", NEWS, News("still here"))
+            await probe.wait_ended(leaving)
+            assert probe.statistics(leaving).topics == 0
+            assert probe.statistics(staying).topics == 1
+            a = await router.publish("a", NEWS, News("nobody"))
+            b = await router.publish("b", NEWS, News("still here"))
+            if isinstance(backend, ValkeyPubSub):
+                # "a" lost its last local subscriber: dropped from Valkey too.
+                await wait_until(lambda: backend.statistics().channels == 1)
+            else:
+                assert (a.matched, b.matched) == (0, 1)
             assert (await receive_news(staying)).payload["text"] == "still here"
 
 
@@ -262,14 +289,17 @@ async def test_topic_pattern_and_length(backend_factory: BackendFactory) -> None
             for bad in ("has space", "wild*", "", "x" * 129):
                 await client.send(SUBSCRIBE, Topic(bad))
                 assert (await client.receive_error()).error_code == "INVALID_ARGUMENT"
-            assert (await subscribe(client, "x" * 128)).payload["has"] is True
+            # None of the refused ones was kept.
+            assert (await subscribe(client, "x" * 128)).payload == {
+                "topics": ["x" * 128],
+                "has": True,
+            }
             result = (await publish(client, "bad topic", "x")).payload
             assert (result["ok"], result["error"], result["retryable"]) == (
                 False,
                 "INVALID_ARGUMENT",
                 False,
             )
-            assert client.connection.topics == {"x" * 128}
 
 
 async def test_authorize(backend_factory: BackendFactory) -> None:
@@ -296,8 +326,12 @@ async def test_authorize(backend_factory: BackendFactory) -> None:
             assert ("publish", "private/x") in seen
             assert ("subscribe", "public/x") in seen
             # router.publish has no connection to authorize: it is the server's own.
-            assert (await router.publish("private/x", NEWS, News("x"))).ok
-            assert router.pubsub.subscribers("private/x") == 0
+            private = await router.publish("private/x", NEWS, News("x"))
+            assert private.ok and private.matched in (0, None)  # None: Valkey cannot tell
+            # The refused subscription left nothing behind: "private/x" did not reach
+            # the client, the next frame it gets is the "public/x" one.
+            await router.publish("public/x", NEWS, News("y"))
+            assert (await receive_news(client)).payload["text"] == "y"
 
 
 async def test_topics_per_connection_limit(backend_factory: BackendFactory) -> None:
@@ -351,8 +385,9 @@ async def test_fan_out_encodes_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(protocol_pubsub.Envelope, "frame", counting_frame)
     monkeypatch.setattr(protocol_pubsub, "encode_frame", counting_encode)
+    metrics = Metrics()
     with trio.fail_after(IO_TIMEOUT):
-        async with serving(MemoryPubSub) as (app, router):
+        async with serving(MemoryPubSub, plugins=[metrics]) as (app, router):
             clients = [await app.connect() for _ in range(1000)]
             for client in clients:
                 await subscribe(client, "big")
@@ -363,15 +398,17 @@ async def test_fan_out_encodes_once(monkeypatch: pytest.MonkeyPatch) -> None:
             assert len(encoded) == 1
             for client in clients:
                 assert (await receive_news(client)).raw == news("to everyone", 1)
-            assert router.pubsub.statistics().delivered == 1000
+            await trio.testing.wait_all_tasks_blocked()
+            assert metrics.statistics().frames_out["NEWS"] == 1000
 
 
 async def test_stalled_subscriber_does_not_delay_the_others(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     limits = Limits(outbound_queue=4)
+    probe = Probe()
     with trio.fail_after(IO_TIMEOUT):
-        async with serving(MemoryPubSub, limits=limits) as (app, router):
+        async with serving(MemoryPubSub, limits=limits, plugins=[probe]) as (app, router):
             stalled = await app.connect(client_buffer=1)  # never reads
             readers = [await app.connect() for _ in range(3)]
             for client in (stalled, *readers):
@@ -399,9 +436,13 @@ async def test_stalled_subscriber_does_not_delay_the_others(
                 nursery.cancel_scope.cancel()
             assert trio.current_time() == start
             assert all(seqs == list(range(count)) for seqs in got.values())
-            stats = router.pubsub.statistics()
-            assert stats.delivered + stats.dropped == 4 * count
+            # Every publish was queued for each subscriber or counted as dropped there:
+            # the readers lost none; the stalled one (its TOPICS answer came first) all
+            # but what its buffer, its writer and its queue hold.
+            for client in readers:
+                assert probe.statistics(client).outbox.dropped == 0
+            stats = probe.statistics(stalled).outbox
+            assert stats.sent + stats.queued + stats.dropped == 1 + count
             # The stalled one holds 1 in its buffer, 1 in the writer, 4 queued.
             assert stats.dropped >= count - 6
-            assert stats.dropped == stalled.connection.outbox.dropped
             assert stalled.closed is None  # the "wait" policy drops, it does not close

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 import trio_websocket
 from _net import net_clock, recv_json, running_server, send_json
+from _probe import Probe
 from conftest import ECHO, PING, PONG, Conn, Ping, Pong
 
 from wskit_trio import (
@@ -33,6 +34,7 @@ from wskit_trio.testing import TestClient, open_test_app
 __all__ = ["net_clock"]  # the fixture, re-exported so pytest finds it here
 
 EchoCtx = RpcContext[Ping, Pong, Conn]
+EchoNetCtx = RpcContext[Ping, Pong, None]
 
 
 async def settle(client: TestClient[Any]) -> None:
@@ -296,9 +298,17 @@ async def test_duplicate_correlation_id_in_flight_is_refused(
 async def test_rpcs_run_concurrently_each_in_own_task_and_scope(
     router: Router[Conn], autojump_clock: trio.testing.MockClock
 ) -> None:
-    """RPC "a" waits for something only RPC "b" does: sequential dispatch would hang."""
+    """RPC "a" waits for something only RPC "b" does: sequential dispatch would hang.
+    Both run as children of the connection's nursery, where its reader (which runs
+    event handlers) is a child too."""
     b_started = trio.Event()
     seen: dict[str, tuple[trio.lowlevel.Task, trio.CancelScope, trio.Nursery | None]] = {}
+    readers: list[trio.Nursery | None] = []
+
+    @router.on(PING)
+    async def ping(ctx: Context[Ping, Conn]) -> None:
+        readers.append(trio.lowlevel.current_task().parent_nursery)
+        await ctx.send(PONG, Pong(ctx.payload.text))
 
     @router.rpc(ECHO)
     async def echo(ctx: EchoCtx) -> None:
@@ -317,12 +327,16 @@ async def test_rpcs_run_concurrently_each_in_own_task_and_scope(
             await client.request(ECHO, Ping("b"), correlation_id="b")
             first, second = await client.receive(), await client.receive()
             assert (first.correlation_id, second.correlation_id) == ("b", "a")
-            conn_nursery = client.connection._nursery
+            await barrier(client)
+            other = await app.connect()
+            await barrier(other)
     task_a, scope_a, parent_a = seen["a"]
     task_b, scope_b, parent_b = seen["b"]
     assert task_a is not task_b
     assert scope_a is not scope_b
-    assert parent_a is parent_b is conn_nursery
+    conn_nursery, other_nursery = readers
+    assert parent_a is parent_b is conn_nursery is not None
+    assert other_nursery is not conn_nursery  # one nursery per connection
 
 
 async def test_event_handlers_keep_arrival_order_while_rpcs_run(
@@ -367,6 +381,8 @@ async def test_in_flight_limit_answers_resource_exhausted(
         await release.wait()
         await ctx.reply(Pong(ctx.payload.text))
 
+    probe = Probe()
+    router.plugin(probe)
     with trio.fail_after(5):
         async with open_test_app(router, limits=Limits(max_in_flight_rpcs=3)) as app:
             client = await app.connect()
@@ -384,12 +400,12 @@ async def test_in_flight_limit_answers_resource_exhausted(
                 },
             }
             assert started == ["0", "1", "2"]
-            assert len(client.connection.rpcs) == 3
+            assert probe.statistics(client).rpcs_in_flight == 3
             release.set()
             replies = sorted([(await client.receive()).correlation_id or "" for _ in range(3)])
             assert replies == ["r0", "r1", "r2"]
             await trio.testing.wait_all_tasks_blocked()
-            assert client.connection.rpcs == {}
+            assert probe.statistics(client).rpcs_in_flight == 0
             # Room again: the next request is admitted.
             await client.request(ECHO, Ping("4"), correlation_id="r4")
             assert (await client.receive()).payload == {"reply": "4"}
@@ -425,6 +441,8 @@ async def test_deadline_exceeded_at_the_right_virtual_time(
             cancelled.append(trio.current_time())
 
     limits = Limits(max_rpc_timeout=max_rpc_timeout)
+    probe = Probe()
+    router.plugin(probe)
     with trio.fail_after(60):
         async with open_test_app(router, limits=limits) as app:
             client = await app.connect()
@@ -443,7 +461,7 @@ async def test_deadline_exceeded_at_the_right_virtual_time(
                 },
             }
             await settle(client)
-            assert client.connection.rpcs == {}
+            assert probe.statistics(client).rpcs_in_flight == 0
     assert deadlines == [pytest.approx(start + expected)]
     assert cancelled == [pytest.approx(start + expected)]
 
@@ -478,6 +496,8 @@ async def test_reply_racing_the_deadline_wins_and_sends_one_frame(
         await ctx.reply(Pong("made it"))
         await trio.sleep_forever()
 
+    probe = Probe()
+    router.plugin(probe)
     with trio.fail_after(10):
         async with open_test_app(router) as app:
             client = await app.connect()
@@ -485,7 +505,7 @@ async def test_reply_racing_the_deadline_wins_and_sends_one_frame(
             assert (await client.receive()).payload == {"reply": "made it"}
             await trio.sleep(1)
             await settle(client)
-            assert client.connection.rpcs == {}
+            assert probe.statistics(client).rpcs_in_flight == 0
 
 
 # -- cancellation --------------------------------------------------------------------
@@ -513,6 +533,8 @@ async def test_abort_cancels_the_handler_mid_await_and_sends_nothing_more(
             await ctx.reply(Pong("ignored"))
             raise
 
+    probe = Probe()
+    router.plugin(probe)
     with trio.fail_after(10):
         async with open_test_app(router) as app:
             client = await app.connect()
@@ -526,7 +548,7 @@ async def test_abort_cancels_the_handler_mid_await_and_sends_nothing_more(
             await settle(client)
             assert trio.current_time() == before  # cancelled at once, not at the deadline
             assert reached == ["cancelled"]
-            assert client.connection.rpcs == {}
+            assert probe.statistics(client).rpcs_in_flight == 0
             assert app.errors == []
 
 
@@ -563,6 +585,8 @@ async def test_disconnect_cancels_every_handler_of_the_connection(
     def on_close(ctx: Any) -> None:
         closed.append(ctx.client_id)
 
+    probe = Probe()
+    router.plugin(probe)
     with trio.fail_after(10):
         async with open_test_app(router) as app:
             client = await app.connect()
@@ -579,18 +603,23 @@ async def test_disconnect_cancels_every_handler_of_the_connection(
                 await client.close(1000)
             await trio.testing.wait_all_tasks_blocked()
             assert sorted(cancelled) == ["0", "1", "2", "3", "4"]
-            assert conn.rpcs == {}
+            assert probe.statistics(client).rpcs_in_flight == 0
             assert conn.closed is not None and conn.closed[0] == (1006 if how == "drop" else 1000)
             assert closed == [client.client_id]
             assert app.server.connections == {other.connection}
             # The other connection's handler is untouched.
-            assert len(other.connection.rpcs) == 1
+            assert probe.statistics(other).rpcs_in_flight == 1
 
 
 # -- over real sockets ---------------------------------------------------------------
 
 
-def net_router(cancelled: list[str] | None = None) -> Router[None]:
+def net_router(
+    cancelled: list[str] | None = None,
+    requests: dict[str, RpcContext[Ping, Pong, None]] | None = None,
+) -> Router[None]:
+    """``cancelled`` collects the correlationIds of cancelled handlers, ``requests``
+    each handler's context by correlationId."""
     router: Router[None] = Router()
     release = trio.Event()
 
@@ -602,6 +631,8 @@ def net_router(cancelled: list[str] | None = None) -> Router[None]:
 
     @router.rpc(ECHO)
     async def echo(ctx: RpcContext[Ping, Pong, None]) -> None:
+        if requests is not None:
+            requests[ctx.correlation_id or ""] = ctx
         text = ctx.payload.text
         if text == "progress":
             for step in range(10):  # every 30 ms; throttled to every 100 ms
@@ -691,9 +722,11 @@ async def test_net_frames_one_shot_and_throttle(net_clock: trio.testing.MockCloc
 
 async def test_net_deadline_abort_and_in_flight_limit(net_clock: trio.testing.MockClock) -> None:
     limits = Limits(max_in_flight_rpcs=2, max_rpc_timeout=30)
+    requests: dict[str, EchoNetCtx] = {}
+    probe = Probe()
     with trio.fail_after(60):
         async with (
-            running_server(net_router(), limits=limits) as server,
+            running_server(net_router(requests=requests).plugin(probe), limits=limits) as server,
             trio_websocket.open_websocket_url(server.url) as ws,
         ):
             start = trio.current_time()
@@ -723,9 +756,10 @@ async def test_net_deadline_abort_and_in_flight_limit(net_clock: trio.testing.Mo
                 {"correlationId": "over"},
                 "RESOURCE_EXHAUSTED",
             )
-            (conn,) = server.connections
-            assert set(conn.rpcs) == {"slow", "ab"}
-            ab = conn.rpcs["ab"]
+            assert probe.statistics().rpcs_in_flight == 2
+            await trio.testing.wait_all_tasks_blocked()  # both handlers have started
+            assert set(requests) == {"slow", "ab"}
+            ab = requests["ab"]
             await send_json(ws, {"type": "$ws:abort", "meta": {"correlationId": "ab"}})
             deadline = await recv_json(ws)
             assert trio.current_time() - start == pytest.approx(2.5)
@@ -733,7 +767,7 @@ async def test_net_deadline_abort_and_in_flight_limit(net_clock: trio.testing.Mo
             assert deadline["meta"] == {"correlationId": "slow"}
             assert deadline["payload"]["code"] == "DEADLINE_EXCEEDED"
             assert ab.aborted and ab.cancel_scope.cancelled_caught
-            assert conn.rpcs == {}
+            assert probe.statistics().rpcs_in_flight == 0
             # Nothing was sent for the aborted request.
             await send_json(ws, {"type": "PING", "payload": {"text": "b"}})
             assert (await recv_json(ws))["type"] == "PONG"
@@ -741,8 +775,9 @@ async def test_net_deadline_abort_and_in_flight_limit(net_clock: trio.testing.Mo
 
 async def test_net_disconnect_cancels_handlers(net_clock: trio.testing.MockClock) -> None:
     cancelled: list[str] = []
+    probe = Probe()
     with trio.fail_after(30):
-        async with running_server(net_router(cancelled)) as server:
+        async with running_server(net_router(cancelled).plugin(probe)) as server:
             async with trio_websocket.open_websocket_url(server.url) as ws:
                 for i in range(3):
                     await send_json(
@@ -755,13 +790,13 @@ async def test_net_disconnect_cancels_handlers(net_clock: trio.testing.MockClock
                     )
                 await send_json(ws, {"type": "PING", "payload": {"text": "sync"}})
                 assert (await recv_json(ws))["type"] == "PONG"
-                (conn,) = server.connections
-                assert len(conn.rpcs) == 3
+                assert probe.statistics().rpcs_in_flight == 3
                 assert cancelled == []
             # Client closed: the server cancels all three and forgets the connection.
-            await conn._finished.wait()
+            await probe.wait_ended()
+            await trio.testing.wait_all_tasks_blocked()
             assert server.connections == set()
-            assert conn.rpcs == {}
+            assert probe.statistics().rpcs_in_flight == 0
             assert sorted(cancelled) == ["c0", "c1", "c2"]
 
 

@@ -34,6 +34,30 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
             await trio.sleep(0.002)
 
 
+async def valkey_sees(
+    admin: ValkeyConnection, client_id: int, predicate: Callable[[dict[str, str]], bool]
+) -> dict[str, str]:
+    """Poll (bounded) Valkey's own view of client ``client_id`` (``CLIENT LIST``:
+    ``flags`` holds ``b`` while it is blocked in a command, ``tot-net-in`` counts the
+    bytes received from it) until ``predicate`` holds; returns that view."""
+    with trio.fail_after(IO_TIMEOUT):
+        while True:
+            reply = await admin.execute("CLIENT", "LIST", "ID", client_id)
+            fields = dict(field.split("=", 1) for field in reply.decode().split())
+            if predicate(fields):
+                return fields
+            await trio.sleep(0.002)
+
+
+def blocked(fields: dict[str, str]) -> bool:
+    return "b" in fields["flags"]
+
+
+def received(total: int) -> Callable[[dict[str, str]], bool]:
+    """Whether Valkey has received ``total`` bytes from the client so far."""
+    return lambda fields: int(fields["tot-net-in"]) == total
+
+
 # -- URLs and packing ------------------------------------------------------------------
 
 
@@ -144,28 +168,31 @@ async def test_cancelled_caller_leaves_its_reply_behind(valkey_server: ValkeySer
     """A caller cancelled after its command went out must not get someone else's reply,
     nor hand its own to the next caller."""
     with trio.fail_after(IO_TIMEOUT):
-        conn = await connect(valkey_server)
+        admin, conn = await connect(valkey_server), await connect(valkey_server)
+        client_id = await conn.execute("CLIENT", "ID")
         async with trio.open_nursery() as nursery:
             scope = trio.CancelScope()
 
-            async def blocked() -> None:
+            async def waiting() -> None:
                 with scope:
                     await conn.execute("BLPOP", "nothing", "0.2")  # nil after 0.2 s
                     raise AssertionError("not cancelled")
 
-            nursery.start_soon(blocked)
-            await wait_until(lambda: len(conn._pending) == 1)
+            nursery.start_soon(waiting)
+            await valkey_sees(admin, client_id, blocked)  # the command went out
             scope.cancel()
         assert await conn.execute("ECHO", "mine") == b"mine"
         assert await conn.execute("PING") == b"PONG"
         await conn.aclose()
+        await admin.aclose()
 
 
 async def test_cancelled_reader_hands_over_to_the_next_caller(
     valkey_server: ValkeyServerProcess,
 ) -> None:
     with trio.fail_after(IO_TIMEOUT):
-        conn = await connect(valkey_server)
+        admin, conn = await connect(valkey_server), await connect(valkey_server)
+        client_id = await conn.execute("CLIENT", "ID")
         replies: list[object] = []
         async with trio.open_nursery() as nursery:
             reader_scope = trio.CancelScope()
@@ -178,11 +205,16 @@ async def test_cancelled_reader_hands_over_to_the_next_caller(
                 replies.append(await conn.execute("ECHO", "follower"))
 
             nursery.start_soon(reader)
-            await wait_until(lambda: conn._reading)
+            # The reader's command is in Valkey (blocking): it waits for the reply.
+            before = await valkey_sees(admin, client_id, blocked)
             nursery.start_soon(follower)
-            await wait_until(lambda: len(conn._pending) == 2)
+            # The follower's command is in Valkey too, queued behind it.
+            echo = len(pack_command(("ECHO", "follower")))
+            await valkey_sees(admin, client_id, received(int(before["tot-net-in"]) + echo))
             reader_scope.cancel()
         assert replies == [b"follower"]
+        await conn.aclose()
+        await admin.aclose()
 
 
 async def test_random_cancellations_never_mix_up_replies(
@@ -280,10 +312,12 @@ async def test_waiters_are_woken_when_the_connection_dies(
     valkey_server: ValkeyServerProcess,
 ) -> None:
     with trio.fail_after(IO_TIMEOUT):
-        conn = await connect(valkey_server)
+        admin, conn = await connect(valkey_server), await connect(valkey_server)
+        client_id = await conn.execute("CLIENT", "ID")
+        start = int((await valkey_sees(admin, client_id, lambda _: True))["tot-net-in"])
         outcomes: list[str] = []
 
-        async def blocked() -> None:
+        async def waiting() -> None:
             try:
                 await conn.execute("BLPOP", "nothing", 0)  # would wait forever
             except ValkeyUnavailable:
@@ -291,8 +325,10 @@ async def test_waiters_are_woken_when_the_connection_dies(
 
         async with trio.open_nursery() as nursery:
             for _ in range(3):
-                nursery.start_soon(blocked)
-            await wait_until(lambda: len(conn._pending) == 3)
+                nursery.start_soon(waiting)
+            # All three commands are in Valkey: the first blocks, two wait behind it.
+            sent = 3 * len(pack_command(("BLPOP", "nothing", 0)))
+            await valkey_sees(admin, client_id, received(start + sent))
             valkey_server.kill()
         assert outcomes == ["unavailable"] * 3
 

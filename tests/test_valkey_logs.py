@@ -23,7 +23,13 @@ import trio.testing
 from valkey_server import ValkeyServerProcess, free_port
 
 from wskit_trio import ErrorCode, WsKitError
-from wskit_trio.valkey import ValkeyConnection, ValkeyPubSub, ValkeyRateLimiter, ValkeyUnavailable
+from wskit_trio.valkey import (
+    ValkeyConnection,
+    ValkeyPubSub,
+    ValkeyPubSubOptions,
+    ValkeyRateLimiter,
+    ValkeyUnavailable,
+)
 from wskit_trio.valkey._outage import Outage, redact_url
 
 IO_TIMEOUT = 10.0
@@ -140,7 +146,8 @@ async def test_pubsub_logs_a_long_outage_once(
 
     monkeypatch.setattr(ValkeyConnection, "connect", classmethod(refuse))
     port = free_port()
-    backend = ValkeyPubSub("127.0.0.1", port, password=PASSWORD, db=3, backoff_max=2.0)
+    options = ValkeyPubSubOptions(backoff_max=2.0)
+    backend = ValkeyPubSub("127.0.0.1", port, password=PASSWORD, db=3, options=options)
     async with trio.open_nursery() as nursery:
         await nursery.start(backend.run)
         await trio.sleep(60)

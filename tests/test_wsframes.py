@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from wskit_trio._transport import _wsframes
 from wskit_trio._transport._wsframes import (
     OP_CONTINUATION,
     OP_TEXT,
@@ -224,8 +223,13 @@ def test_the_same_str_is_encoded_once() -> None:
     text = "".join(["fan", "-out"])  # a fresh str object
     first = encode_text(text)
     assert encode_text(text) is first
-    assert encode_text("other") != first
-    assert _wsframes._last[0] == "other"
+    other = "".join(["oth", "er"])
+    second = encode_text(other)
+    assert second != first
+    # The cache moved on to the latest str: only it is kept.
+    assert encode_text(other) is second
+    again = encode_text(text)
+    assert again == first and again is not first
 
 
 def test_the_same_batch_is_encoded_once() -> None:

@@ -1,11 +1,13 @@
 """One connection = one nursery: reader/dispatcher, writer, RPC tasks, heartbeat.
 
-The reader decodes and dispatches; event handlers run inline in it, so they
-keep arrival order and a slow handler slows only its own client (TCP
-back-pressure). Each RPC runs in its own task and cancel scope, children of the
-connection's nursery. Every frame goes out through the bounded :class:`Outbox`
-and one writer task. When the connection ends, the nursery is cancelled, so
-nothing of it outlives it; ``on_close`` hooks run last.
+The connection is the driver of its :class:`~wskit_trio._protocol.session.ServerSession`:
+the reader hands each message to the session and carries out the action it gets
+back. Event handlers run inline in the reader, so they keep arrival order and a
+slow handler slows only its own client (TCP back-pressure). Each RPC runs in its
+own task and cancel scope, children of the connection's nursery. Every frame goes
+out through the bounded :class:`Outbox` and one writer task. When the connection
+ends, the nursery is cancelled, so nothing of it outlives it; ``on_close`` hooks
+run last.
 """
 
 from __future__ import annotations
@@ -16,18 +18,25 @@ import time
 import uuid
 from typing import Any, Generic, TypeVar
 
-import attrs
 import trio
 
 from ._config import Heartbeat, Limits
 from ._context import ConnectionContext, Context, RpcContext
 from ._errors import CloseError, ConnectionClosed, MessageTooBig, WsKitError
-from ._outbound import FrameKind, Outbox, OutboxStatistics
+from ._handle import ConnectionStatistics, Subscriptions
+from ._outbound import FrameKind, Outbox
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
-from ._protocol.validation import Problems
+from ._protocol.session import (
+    Abort,
+    HeartbeatAck,
+    Refuse,
+    RunEvent,
+    ServerSession,
+    StartRpc,
+)
 from ._router import CompiledRouter, Route, maybe_await, run_chain
-from ._transport import Transport
+from ._transport import Transport, UpgradeRequest
 
 __all__ = ["Connection", "ConnectionStatistics"]
 
@@ -52,33 +61,48 @@ class Connection(Generic[D]):
         transport: Transport,
         data: D,
         limits: Limits,
-        heartbeat: Heartbeat | None = None,
+        heartbeat: Heartbeat | None,
+        pubsub: Subscriptions,
     ) -> None:
         self.router = router
         self.transport = transport
         self.data = data
         self.limits = limits
         self.heartbeat = heartbeat
+        self.pubsub = pubsub
         self.client_id = str(uuid.uuid4())
-        self.outbox = Outbox(
+        self.session: ServerSession[Route] = ServerSession(
+            router.routes,
+            max_in_flight_rpcs=limits.max_in_flight_rpcs,
+            max_rpc_timeout=limits.max_rpc_timeout,
+        )
+        self._outbox = Outbox(
             limits.outbound_queue, limits.outbound_policy, limits.outbound_queue_bytes
         )
         self.context: ConnectionContext[D] = ConnectionContext(self)
-        #: In-flight RPCs by correlationId.
-        self.rpcs: dict[str, RpcContext[Any, Any, D]] = {}
-        #: Topics this connection subscribes to (kept by the pub/sub hub).
-        self.topics: set[str] = set()
+        #: The contexts (cancel scopes) of the RPCs the session has in flight.
+        self._rpcs: dict[str, RpcContext[Any, Any, D]] = {}
         self._rpcs_idle = trio.Event()
         self._rpcs_idle.set()
         self._nursery: trio.Nursery | None = None
-        #: Set by ``shutdown``: new RPCs are refused with UNAVAILABLE.
-        self._draining = False
         #: Set once ``run`` has returned (every task ended, ``on_close`` ran).
         self._finished = trio.Event()
         self._close_code = 1000
         self._close_reason = ""
         #: How the connection ended, once it has: (code, reason).
         self.closed: tuple[int, str] | None = None
+
+    # -- the handle contexts and the hub use ---------------------------------------
+
+    @property
+    def request(self) -> UpgradeRequest:
+        return self.transport.request
+
+    async def send(self, frame: str, kind: FrameKind) -> bool:
+        return await self._outbox.put(frame, kind)
+
+    def send_nowait(self, frame: str) -> bool:
+        return self._outbox.put_nowait(frame)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -95,8 +119,8 @@ class Connection(Generic[D]):
                 nursery.start_soon(self._write_loop)
                 # The slow-consumer handling starts when the queue overflows (a task
                 # per connection waiting for it would cost memory on idle ones).
-                self.outbox.on_overflow = self._start_overflow
-                if self.outbox.overflowed.is_set():
+                self._outbox.on_overflow = self._start_overflow
+                if self._outbox.overflowed.is_set():
                     self._start_overflow()
                 if await self._open():
                     nursery.start_soon(self._read_loop)
@@ -107,13 +131,12 @@ class Connection(Generic[D]):
             raise
         finally:
             # Frames nobody will send are freed now, not whenever the cyclic GC runs.
-            self.outbox.close(discard=True)
+            self._outbox.close(discard=True)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self.limits.close_timeout):
                     await self.transport.close(self._close_code, self._close_reason)
-                if self.topics:
-                    with trio.move_on_after(self.limits.close_timeout):
-                        await self.router.pubsub.remove_connection(self)
+                with trio.move_on_after(self.limits.close_timeout):
+                    await self.pubsub.remove(self)
                 if self.closed is None:
                     self.closed = (self._close_code, self._close_reason)
                 if self.router.observer is not None:
@@ -126,9 +149,9 @@ class Connection(Generic[D]):
 
         A client that does not read them is cut off after ``limits.close_timeout``.
         """
-        if not self.outbox.closed:
+        if not self._outbox.closed:
             self._close_code, self._close_reason = code, reason
-            self.outbox.close()
+            self._outbox.close()
             if self._nursery is not None and not self._finished.is_set():
                 # A nursery already closing refuses the task: nothing left to bound.
                 with contextlib.suppress(RuntimeError):
@@ -142,7 +165,7 @@ class Connection(Generic[D]):
         """Close now: queued frames are discarded and every task of the connection
         is cancelled."""
         self._close_code, self._close_reason = code, reason
-        self.outbox.close()
+        self._outbox.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -154,7 +177,7 @@ class Connection(Generic[D]):
         for them, and the connection closes with 1001 once the frames already queued
         are out, or after ``limits.close_timeout`` if the client does not read them.
         """
-        self._draining = True
+        self.session.start_draining()
         with trio.move_on_after(grace):
             await self._rpcs_idle.wait()
         self._cancel_rpcs()
@@ -169,7 +192,7 @@ class Connection(Generic[D]):
     def _cancel_rpcs(self) -> None:
         """Cancel every RPC handler and send nothing more for any of them: the close
         that follows is their answer (no DEADLINE_EXCEEDED, no INTERNAL)."""
-        for ctx in self.rpcs.values():
+        for ctx in self._rpcs.values():
             ctx.done = True
             ctx.cancel_scope.cancel()
 
@@ -200,7 +223,7 @@ class Connection(Generic[D]):
     async def _write_loop(self) -> None:
         assert self._nursery is not None
         try:
-            while batch := await self.outbox.get_batch(self.transport.settle):
+            while batch := await self._outbox.get_batch(self.transport.settle):
                 await self.transport.send(batch)
                 if self.router.observer is not None:
                     self.router.observer.frames_out(batch)
@@ -227,7 +250,7 @@ class Connection(Generic[D]):
         try:
             while True:
                 data = await self.transport.receive()
-                self.outbox.burst_task = me if pending() else None
+                self._outbox.burst_task = me if pending() else None
                 await self.dispatch(data)
         except MessageTooBig:
             await self._message_too_big()
@@ -264,7 +287,7 @@ class Connection(Generic[D]):
                 self._nursery.start_soon(self._watch_overflow)
 
     async def _watch_overflow(self) -> None:
-        await self.outbox.overflowed.wait()
+        await self._outbox.overflowed.wait()
         await self.router.report(
             WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Outbound queue full"), self.context
         )
@@ -272,7 +295,7 @@ class Connection(Generic[D]):
         # 1008 close, so a slow (not dead) client learns why. A client that reads
         # nothing more is cut off after close_timeout.
         self._close_code, self._close_reason = 1008, "slow consumer"
-        self.outbox.close(discard=True)
+        self._outbox.close(discard=True)
         self._cancel_rpcs()
         await trio.sleep(self.limits.close_timeout)
         self.abort(1008, "slow consumer")
@@ -298,130 +321,67 @@ class Connection(Generic[D]):
     # -- dispatch -----------------------------------------------------------------
 
     async def dispatch(self, data: str | bytes) -> None:
-        """Handle one inbound message: answer it per protocol.md §4 or run its route."""
-        frame = frames.decode_frame(data)
+        """Handle one inbound message: carry out what the session decides for it."""
+        action = self.session.receive(data, trio.current_time())
         observer = self.router.observer
-        if isinstance(frame, frames.FrameError):
-            if observer is not None:
-                observer.frame_in(None, False)
-            await self._refuse(frame.code, frame.message, frame.details, frame.correlation_id)
-            return
-        msg_type = frame.type
-        route = self.router.routes.get(msg_type)
         if observer is not None:
-            observer.frame_in(msg_type, route is not None)
-        if route is None:
-            await self._dispatch_unrouted(frame)
-            return
-        cid = frame.correlation_id
-        result = frames.validate_frame(
-            frame, route.schema.structure_payload, route.schema.structure_meta
-        )
-        if isinstance(result, list):
-            await self._refuse_invalid(result, cid, rpc=route.is_rpc)
-            return
-        payload, meta, _ = result
-        if route.response is None:
-            await self._run_event(route, Context(self, msg_type, payload, meta))
-            return
-        if cid is None:
-            await self._refuse(
-                ErrorCode.INVALID_ARGUMENT, "RPC request needs meta.correlationId", None, None
+            routed = isinstance(action, RunEvent | StartRpc) or (
+                isinstance(action, Refuse) and action.routed
             )
-            return
-        # Admit RPCs only while the outbound queue has room: each may add a terminal
-        # frame past capacity, so this bounds the queue by capacity + RPCs in flight
-        # even for a client that sends requests and never reads the answers.
-        if not await self.outbox.wait_room():
-            return
-        if self._draining:
-            await self._refuse(ErrorCode.UNAVAILABLE, "Server shutting down", None, cid, rpc=True)
-            return
-        if cid in self.rpcs:
-            await self._refuse(
-                ErrorCode.INVALID_ARGUMENT, "correlationId already in flight", None, cid, rpc=True
+            observer.frame_in(action.type, routed)
+        if isinstance(action, RunEvent):
+            await self._run_event(
+                action.route, Context(self, action.type, action.payload, action.meta)
             )
-            return
-        if len(self.rpcs) >= self.limits.max_in_flight_rpcs:
-            await self._refuse(
-                ErrorCode.RESOURCE_EXHAUSTED, "Too many RPCs in flight", None, cid, rpc=True
-            )
-            return
-        ctx: RpcContext[Any, Any, D] = RpcContext(
-            self, msg_type, payload, meta, cid, route.response
-        )
-        ctx.cancel_scope.deadline = trio.current_time() + self.limits.rpc_timeout(
-            meta.get("timeoutMs")
-        )
-        self.rpcs[cid] = ctx
-        if self._rpcs_idle.is_set():
-            self._rpcs_idle = trio.Event()
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_rpc, route, ctx)
-
-    async def _dispatch_unrouted(self, frame: frames.InboundFrame) -> None:
-        msg_type = frame.type
-        if msg_type in (frames.HEARTBEAT_TYPE, frames.ABORT_TYPE):
-            # Control frames are strict too: no payload, standard meta keys only.
-            problems = frames.validate_frame(frame, None, None)
-            if isinstance(problems, list):
-                await self._refuse_invalid(problems, frame.correlation_id)
-                return
-        if msg_type == frames.HEARTBEAT_TYPE:
-            await self.outbox.put(frames.encode_heartbeat_ack(int(time.time() * 1000)))
-        elif msg_type == frames.ABORT_TYPE:
-            if frame.correlation_id is None:
-                await self._refuse(
-                    ErrorCode.INVALID_ARGUMENT, "$ws:abort needs meta.correlationId", None, None
-                )
-                return
-            ctx = self.rpcs.get(frame.correlation_id)
+        elif isinstance(action, StartRpc):
+            await self._start_rpc(action)
+        elif isinstance(action, Refuse):
+            await self._refuse(action)
+        elif isinstance(action, HeartbeatAck):
+            await self._outbox.put(frames.encode_heartbeat_ack(int(time.time() * 1000)))
+        elif isinstance(action, Abort):
+            ctx = self._rpcs.get(action.correlation_id)
             if ctx is not None:
                 # The client has given up: cancel, and send nothing more for it.
                 ctx.aborted = ctx.done = True
                 ctx.cancel_scope.cancel()
-        elif frames.is_reserved_type(msg_type):
-            await self._refuse(
-                ErrorCode.INVALID_ARGUMENT,
-                f"Type {msg_type!r} is reserved",
-                None,
-                frame.correlation_id,
-            )
-        else:
-            await self._refuse(
-                ErrorCode.UNIMPLEMENTED,
-                f"No handler for type {msg_type!r}",
-                None,
-                frame.correlation_id,
-                rpc=True,
-            )
+        # Ignore: nothing to do.
 
-    async def _refuse(
-        self,
-        code: ErrorCode,
-        message: str,
-        details: dict[str, Any] | None,
-        correlation_id: str | None,
-        *,
-        rpc: bool = False,
-    ) -> None:
-        await self.router.report(WsKitError(code, message, details), self.context)
-        frame = frames.encode_error(code, message, details, correlation_id=correlation_id, rpc=rpc)
-        if rpc and correlation_id is not None:
-            # The one answer to an RPC: never dropped, so queued only when there is
-            # room (see ``dispatch``); waiting here back-pressures this client's reader.
-            if await self.outbox.wait_room():
-                self.outbox.put_nowait(frame, FrameKind.TERMINAL)
-        else:
-            await self.outbox.put(frame)
-
-    async def _refuse_invalid(
-        self, problems: Problems, correlation_id: str | None, *, rpc: bool = False
-    ) -> None:
-        details = {"errors": [{"path": p, "message": m} for p, m in problems]}
-        await self._refuse(
-            ErrorCode.INVALID_ARGUMENT, "Validation failed", details, correlation_id, rpc=rpc
+    async def _start_rpc(self, start: StartRpc[Route]) -> None:
+        # Start RPCs only while the outbound queue has room: each may add a terminal
+        # frame past capacity, so this bounds the queue by capacity + RPCs in flight
+        # even for a client that sends requests and never reads the answers.
+        if not await self._outbox.wait_room():
+            self.session.rpc_finished(start.correlation_id)
+            return
+        assert start.route.response is not None
+        ctx: RpcContext[Any, Any, D] = RpcContext(
+            self, start.type, start.payload, start.meta, start.correlation_id, start.route.response
         )
+        ctx.cancel_scope.deadline = start.deadline
+        self._rpcs[start.correlation_id] = ctx
+        if self._rpcs_idle.is_set():
+            self._rpcs_idle = trio.Event()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_rpc, start.route, ctx)
+
+    async def _refuse(self, refusal: Refuse) -> None:
+        code, message, details, cid = (
+            refusal.code,
+            refusal.message,
+            refusal.details,
+            refusal.correlation_id,
+        )
+        await self.router.report(WsKitError(code, message, details), self.context)
+        rpc = refusal.rpc and cid is not None
+        frame = frames.encode_error(code, message, details, correlation_id=cid, rpc=rpc)
+        if rpc:
+            # The one answer to an RPC: never dropped, so queued only when there is
+            # room (see ``_start_rpc``); waiting here back-pressures this client's reader.
+            if await self._outbox.wait_room():
+                self._outbox.put_nowait(frame, FrameKind.TERMINAL)
+        else:
+            await self._outbox.put(frame)
 
     async def _run_event(self, route: Route, ctx: Context[Any, D]) -> None:
         try:
@@ -451,8 +411,9 @@ class Connection(Generic[D]):
             if ctx.cancel_scope.cancelled_caught and not ctx.done:
                 await self._fail(ctx, WsKitError(ErrorCode.DEADLINE_EXCEEDED))
         finally:
-            del self.rpcs[ctx.correlation_id or ""]
-            if not self.rpcs:
+            del self._rpcs[ctx.correlation_id or ""]
+            self.session.rpc_finished(ctx.correlation_id or "")
+            if not self._rpcs:
                 self._rpcs_idle.set()
 
     async def _fail(self, ctx: Context[Any, D], err: WsKitError) -> None:
@@ -464,16 +425,8 @@ class Connection(Generic[D]):
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(
-            self.client_id, len(self.rpcs), len(self.topics), self.outbox.statistics()
+            self.client_id,
+            self.session.rpcs_in_flight,
+            len(self.pubsub.topics_of(self)),
+            self._outbox.statistics(),
         )
-
-
-@attrs.frozen
-class ConnectionStatistics:
-    """One connection's load: what it has in flight and how its outbound queue fares
-    (``outbox.dropped`` counts frames a slow client lost to the queue policy)."""
-
-    client_id: str
-    rpcs_in_flight: int
-    topics: int
-    outbox: OutboxStatistics

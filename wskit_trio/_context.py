@@ -18,16 +18,16 @@ import attrs
 import trio
 
 from ._errors import UNSET, WsKitError
+from ._handle import ConnectionHandle, ConnectionStatistics
 from ._outbound import FrameKind
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
+from ._protocol.pubsub import PublishResult
 from ._protocol.validation import unstructure
 from ._schema import MessageSchema
-from ._transport import UpgradeRequest
-from .pubsub._backend import PublishResult
 
 if TYPE_CHECKING:
-    from ._connection import Connection, ConnectionStatistics
+    from ._transport import UpgradeRequest
 
 __all__ = ["ConnectionContext", "Context", "RpcContext", "Topics"]
 
@@ -55,31 +55,39 @@ class Topics:
     ``UNAVAILABLE``), which a handler may let propagate to answer the client.
     """
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_ctx",)
 
-    def __init__(self, conn: Connection[Any]) -> None:
-        self._conn = conn
+    def __init__(self, ctx: ConnectionContext[Any]) -> None:
+        self._ctx = ctx
 
     async def subscribe(self, topic: str) -> None:
-        await self._conn.router.pubsub.subscribe(self._conn, topic)
+        conn = self._ctx._conn
+        await conn.pubsub.subscribe(conn, topic, self._ctx)
 
     async def unsubscribe(self, topic: str) -> None:
-        await self._conn.router.pubsub.unsubscribe(self._conn, topic)
+        conn = self._ctx._conn
+        await conn.pubsub.unsubscribe(conn, topic, self._ctx)
 
     async def has(self, topic: str) -> bool:
         """Whether this connection subscribes to ``topic`` (async like the rest of the
         API, so a backend may answer it; ``topic in ctx.topics`` is the local check)."""
-        return topic in self._conn.topics
+        await trio.lowlevel.checkpoint()
+        return topic in self
 
     async def list(self) -> list[str]:
         """The subscribed topics, sorted."""
-        return sorted(self._conn.topics)
+        await trio.lowlevel.checkpoint()
+        return sorted(self._topics())
+
+    def _topics(self) -> frozenset[str]:
+        conn = self._ctx._conn
+        return conn.pubsub.topics_of(conn)
 
     def __contains__(self, topic: object) -> bool:
-        return topic in self._conn.topics
+        return topic in self._topics()
 
     def __len__(self) -> int:
-        return len(self._conn.topics)
+        return len(self._topics())
 
 
 class ConnectionContext(Generic[D]):
@@ -87,13 +95,13 @@ class ConnectionContext(Generic[D]):
 
     __slots__ = ("_conn",)
 
-    def __init__(self, conn: Connection[D]) -> None:
+    def __init__(self, conn: ConnectionHandle) -> None:
         self._conn = conn
 
     @property
     def data(self) -> D:
         """The connection's data: what ``authenticate`` returned, as changed since."""
-        return self._conn.data
+        return self._conn.data  # type: ignore[no-any-return]
 
     @property
     def client_id(self) -> str:
@@ -104,7 +112,7 @@ class ConnectionContext(Generic[D]):
     def request(self) -> UpgradeRequest:
         """The upgrade request the connection came with (path, query, headers,
         ``client_ip``)."""
-        return self._conn.transport.request
+        return self._conn.request
 
     def assign_data(self, **changes: Any) -> None:
         """Change fields of the connection data (every later handler sees them).
@@ -157,7 +165,7 @@ class ConnectionContext(Generic[D]):
             if cid is not None:
                 wire_meta["correlationId"] = cid
         frame = frames.encode_frame(schema.type, wire_meta, schema.wire_payload(payload))
-        await self._conn.outbox.put(frame, FrameKind.PLAIN)
+        await self._conn.send(frame, FrameKind.PLAIN)
 
     async def error(
         self,
@@ -185,7 +193,7 @@ class ConnectionContext(Generic[D]):
     @property
     def topics(self) -> Topics:
         """This connection's topic subscriptions."""
-        return Topics(self._conn)
+        return Topics(self)
 
     @overload
     async def publish(
@@ -195,7 +203,6 @@ class ConnectionContext(Generic[D]):
         payload: None = None,
         *,
         exclude_self: bool = False,
-        partition_key: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> PublishResult: ...
     @overload
@@ -206,7 +213,6 @@ class ConnectionContext(Generic[D]):
         payload: T,
         *,
         exclude_self: bool = False,
-        partition_key: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> PublishResult: ...
     async def publish(
@@ -216,7 +222,6 @@ class ConnectionContext(Generic[D]):
         payload: Any = None,
         *,
         exclude_self: bool = False,
-        partition_key: str | None = None,
         meta: dict[str, Any] | None = None,
     ) -> PublishResult:
         """Publish to every subscriber of ``topic``, on every instance.
@@ -226,7 +231,7 @@ class ConnectionContext(Generic[D]):
         ``PublishResult(ok=False, error=..., retryable=...)``. ``exclude_self`` skips
         this connection.
         """
-        return await self._conn.router.pubsub.publish(
+        return await self._conn.pubsub.publish(
             topic,
             schema,
             payload,
@@ -247,7 +252,7 @@ class ConnectionContext(Generic[D]):
             retryable=err.retryable,
             retry_after_ms=err.retry_after_ms,
         )
-        await self._conn.outbox.put(frame, FrameKind.PLAIN)
+        await self._conn.send(frame, FrameKind.PLAIN)
 
 
 class Context(ConnectionContext[D], Generic[P, D]):
@@ -255,7 +260,7 @@ class Context(ConnectionContext[D], Generic[P, D]):
 
     __slots__ = ("meta", "payload", "received_at", "type")
 
-    def __init__(self, conn: Connection[D], type: str, payload: P, meta: dict[str, Any]) -> None:
+    def __init__(self, conn: ConnectionHandle, type: str, payload: P, meta: dict[str, Any]) -> None:
         super().__init__(conn)
         self.type = type
         self.payload = payload
@@ -283,7 +288,7 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
 
     def __init__(
         self,
-        conn: Connection[D],
+        conn: ConnectionHandle,
         type: str,
         payload: Req,
         meta: dict[str, Any],
@@ -322,7 +327,7 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
         # which is then answered with an error instead of nothing.
         frame = frames.encode_frame(self._response.type, meta, data)
         self.done = True
-        await self._conn.outbox.put(frame, FrameKind.TERMINAL)
+        await self._conn.send(frame, FrameKind.TERMINAL)
 
     async def progress(self, payload: Res, *, throttle_ms: float | None = None) -> None:
         """Send a non-terminal ``$ws:rpc-progress`` frame, validated like the reply.
@@ -340,9 +345,7 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
                 await trio.lowlevel.checkpoint()
                 return
             self._last_progress = now
-        await self._conn.outbox.put(
-            frames.encode_progress(self._correlation, data), FrameKind.PROGRESS
-        )
+        await self._conn.send(frames.encode_progress(self._correlation, data), FrameKind.PROGRESS)
 
     async def _send_error(self, err: WsKitError) -> None:
         if self.done:
@@ -358,4 +361,4 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
             retryable=err.retryable,
             retry_after_ms=err.retry_after_ms,
         )
-        await self._conn.outbox.put(frame, FrameKind.TERMINAL)
+        await self._conn.send(frame, FrameKind.TERMINAL)

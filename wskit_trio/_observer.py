@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .pubsub._backend import PublishResult
+    from ._protocol.pubsub import PublishResult
 
 __all__ = ["Observer"]
 

@@ -18,10 +18,9 @@ from ._context import ConnectionContext, Context, RpcContext
 from ._errors import ConfigurationError, WsKitError
 from ._observer import Observer
 from ._protocol.frames import is_reserved_type
+from ._protocol.pubsub import Envelope, PublishResult
 from ._schema import MessageSchema, RpcSchema
-from .pubsub._backend import PublishResult
-from .pubsub._hub import PubSubHub
-from .pubsub._memory import MemoryPubSub
+from .pubsub._hub import PubSubConfig, prepare_publish
 
 __all__ = [
     "ErrorHook",
@@ -79,7 +78,9 @@ class Router(Generic[D]):
         self._on_open: list[LifecycleHook[D]] = []
         self._on_close: list[LifecycleHook[D]] = []
         self._on_error: list[ErrorHook[D]] = []
-        self._pubsub: PubSubHub | None = None
+        #: The pub/sub backend and topic policy (``with_pubsub`` sets them); each
+        #: server running this router builds its own hub on them.
+        self.pubsub = PubSubConfig()
         #: Sees connections, frames and publishes (``Metrics`` sets it); ``None``: off.
         self.observer: Observer | None = None
 
@@ -231,17 +232,6 @@ class Router(Generic[D]):
 
     # -- pub/sub --------------------------------------------------------------------
 
-    @property
-    def pubsub(self) -> PubSubHub:
-        """The pub/sub hub: memory unless a plugin (``with_pubsub``) chose a backend."""
-        if self._pubsub is None:
-            self._pubsub = PubSubHub(MemoryPubSub())
-        return self._pubsub
-
-    @pubsub.setter
-    def pubsub(self, hub: PubSubHub) -> None:
-        self._pubsub = hub
-
     @overload
     async def publish(
         self,
@@ -250,7 +240,6 @@ class Router(Generic[D]):
         payload: None = None,
         *,
         meta: dict[str, Any] | None = None,
-        partition_key: str | None = None,
     ) -> PublishResult: ...
     @overload
     async def publish(
@@ -260,7 +249,6 @@ class Router(Generic[D]):
         payload: P,
         *,
         meta: dict[str, Any] | None = None,
-        partition_key: str | None = None,
     ) -> PublishResult: ...
     async def publish(
         self,
@@ -269,15 +257,21 @@ class Router(Generic[D]):
         payload: Any = None,
         *,
         meta: dict[str, Any] | None = None,
-        partition_key: str | None = None,
     ) -> PublishResult:
-        """Publish to every subscriber of ``topic`` (from hooks or background tasks).
+        """Publish to every subscriber of ``topic``, on every server running this
+        router (through its backend), from hooks or background tasks.
 
         The payload is validated first (``OutboundValidationError``, nothing sent).
-        ``partition_key`` is an ordering hint for sharded backends; the bundled ones
-        keep per-publisher order without it.
+        The topic policy applies, but not its ``authorize`` (no connection asks).
         """
-        return await self.pubsub.publish(topic, schema, payload, meta=meta)
+        config = self.pubsub
+        prepared = await prepare_publish(config, config.origin, topic, schema, payload, meta=meta)
+        result = (
+            await config.backend.publish(prepared) if isinstance(prepared, Envelope) else prepared
+        )
+        if self.observer is not None:
+            self.observer.published(result)
+        return result
 
     # -- introspection ------------------------------------------------------------
 
@@ -287,13 +281,12 @@ class Router(Generic[D]):
         return dict(self._routes)
 
     def compile(self) -> CompiledRouter[D]:
-        """Freeze the table for serving: each route's full middleware chain fixed."""
+        """Freeze the table for serving: each route's full middleware chain fixed.
+        Pure: the router is not changed, and may be compiled (served) again."""
         routes = {
             t: attrs.evolve(r, middleware=(*self._middleware, *r.middleware))
             for t, r in self._routes.items()
         }
-        if self.observer is not None:
-            self.pubsub.observer = self.observer
         return CompiledRouter(
             routes,
             tuple(self._on_open),
@@ -310,7 +303,7 @@ class CompiledRouter(Generic[D]):
     on_open: tuple[LifecycleHook[D], ...]
     on_close: tuple[LifecycleHook[D], ...]
     on_error: tuple[ErrorHook[D], ...]
-    pubsub: PubSubHub
+    pubsub: PubSubConfig
     observer: Observer | None = None
 
     async def report(self, error: WsKitError, ctx: ConnectionContext[D]) -> None:

@@ -29,7 +29,9 @@ from ._errors import ConnectionClosed, UpgradeRejected
 from ._groups import single_exception
 from ._memory import LARGE_CONNECTION_BYTES, trim_heap
 from ._protocol._json import dumps
-from ._router import Router
+from ._protocol.pubsub import PublishResult
+from ._router import ErrorHook, Router
+from ._schema import MessageSchema
 from ._transport import (
     Accepted,
     Rejected,
@@ -43,6 +45,7 @@ from ._transport._http import RequestHead, check_upgrade
 from ._transport._http import response as http_response
 from ._transport._trio_websocket import open_trio_websocket
 from ._transport._wsproto import open_wsproto
+from .pubsub._hub import PubSubHub
 
 __all__ = ["Authenticate", "Server", "ServerStatistics", "Serve", "TransportName", "serve"]
 
@@ -90,8 +93,15 @@ class Server(Generic[D]):
         allowed_origins: Sequence[str] | None = None,
         trusted_proxies: Sequence[str] = (),
         tls: bool = False,
+        error_hooks: Sequence[ErrorHook[D]] = (),
     ) -> None:
-        self._router = router.compile()
+        compiled = router.compile()
+        #: ``error_hooks`` run after the router's ``on_error`` hooks (the harness
+        #: records errors with one).
+        self._router = attrs.evolve(compiled, on_error=(*compiled.on_error, *error_hooks))
+        #: This server's pub/sub hub: its connections' subscriptions, on the router's
+        #: backend (``with_pubsub``). ``statistics()`` and ``subscribers(topic)``.
+        self.pubsub = PubSubHub(self._router.pubsub, self._router.observer)
         self._authenticate = authenticate
         self._subprotocols = tuple(subprotocols)
         self.limits = limits
@@ -127,6 +137,19 @@ class Server(Generic[D]):
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(len(self.connections), self._accepted, self._rejected)
+
+    async def publish(
+        self,
+        topic: str,
+        schema: MessageSchema[Any],
+        payload: Any = None,
+        *,
+        meta: dict[str, Any] | None = None,
+    ) -> PublishResult:
+        """Publish to every subscriber of ``topic``, on every instance, from outside
+        any connection (a background task, say): like ``ctx.publish``, with no
+        connection to authorize or exclude."""
+        return await self.pubsub.publish(topic, schema, payload, meta=meta)
 
     async def aclose(self, *, grace: float | None = None) -> None:
         """Stop gracefully and wait until stopped: stop accepting, give in-flight RPCs
@@ -292,7 +315,7 @@ class Server(Generic[D]):
                 await transport.close(1001, "server shutting down")
             return
         conn: Connection[D] = Connection(
-            self._router, transport, data, self.limits, self._heartbeat
+            self._router, transport, data, self.limits, self._heartbeat, self.pubsub
         )
         self.connections.add(conn)
         try:
@@ -307,7 +330,7 @@ class Server(Generic[D]):
             )
         finally:
             self.connections.discard(conn)
-            if conn.outbox.high_water_bytes >= LARGE_CONNECTION_BYTES:
+            if conn.statistics().outbox.high_water_bytes >= LARGE_CONNECTION_BYTES:
                 self._trim_soon()
 
     def _trim_soon(self) -> None:
@@ -323,13 +346,16 @@ class Server(Generic[D]):
         self._trimming = False
         trim_heap()
 
-    async def _shutdown_connections(self) -> None:
+    async def shutdown_connections(self, grace: float | None = None) -> None:
         """Shut every connection down gracefully (``Connection.shutdown``), at once, and
-        return when they have all ended."""
+        return when they have all ended: new RPCs refused, in-flight ones get ``grace``
+        seconds (default: the one ``aclose`` was given, else
+        ``limits.shutdown_grace``), then close 1001. Upgrades after it get 1001 too."""
         self._closing = True
+        grace = self._grace if grace is None else grace
         async with trio.open_nursery() as nursery:
             for conn in list(self.connections):
-                nursery.start_soon(conn.shutdown, self._grace)
+                nursery.start_soon(conn.shutdown, grace)
 
     async def _watch_signals(self, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -369,7 +395,7 @@ class Server(Generic[D]):
                 self._services = services
                 # The pub/sub backend outlives every connection (they unsubscribe
                 # on close), so it runs in a nursery around theirs.
-                await services.start(self._router.pubsub.backend.run)
+                await services.start(self.pubsub.run)
                 async with trio.open_nursery() as connections:
                     listeners = await self._listen(host, port, ssl_context)
                     async with trio.open_nursery() as accepting:
@@ -390,7 +416,7 @@ class Server(Generic[D]):
                     # Stop accepting: new clients are refused at once, not left hanging.
                     for listener in listeners:
                         await listener.aclose()
-                    await self._shutdown_connections()
+                    await self.shutdown_connections()
                     # Upgrades still in their handshake get close_timeout, then are cut.
                     connections.cancel_scope.deadline = (
                         trio.current_time() + self.limits.close_timeout

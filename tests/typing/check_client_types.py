@@ -15,6 +15,7 @@ import attrs
 from wskit_trio import message, rpc
 from wskit_trio.client import (
     Client,
+    ClientOptions,
     ClientState,
     InboundMessage,
     RequestStream,
@@ -112,3 +113,9 @@ async def mistakes(client: Client) -> None:
 async def opening() -> None:
     async with open_client("ws://127.0.0.1:3000", auth=lambda: "token") as client:
         assert_type(client, Client)
+    # The keywords are ClientOptions' fields, checked by name and type.
+    open_client("ws://h", reconnect=False, subprotocols=["chat"], queue="off", retry=None)
+    open_client("ws://h", reconect=False)  # type: ignore[call-arg]
+    open_client("ws://h", queue="sometimes")  # type: ignore[arg-type]
+    open_client("ws://h", queue_size="10")  # type: ignore[arg-type]
+    assert_type(Client("ws://h", ClientOptions(reconnect=False)).options, ClientOptions)

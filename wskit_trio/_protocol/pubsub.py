@@ -8,17 +8,44 @@ subscribers.
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
 from . import _json
 from .frames import NO_PAYLOAD, encode_frame
 
-__all__ = ["DEFAULT_TOPIC_PATTERN", "NO_PAYLOAD", "Envelope", "check_topic"]
+__all__ = [
+    "DEFAULT_TOPIC_PATTERN",
+    "NO_PAYLOAD",
+    "Capability",
+    "Envelope",
+    "PublishResult",
+    "check_topic",
+]
 
 #: Topics are short, printable and free of wildcards by default.
 DEFAULT_TOPIC_PATTERN: Final = re.compile(r"^[A-Za-z0-9:_./-]{1,128}$")
+
+
+Capability: TypeAlias = Literal["exact", "unknown"]
+
+
+@attrs.frozen
+class PublishResult:
+    """What a publish achieved.
+
+    ``ok`` means the backend accepted the message. ``matched`` is the number of
+    subscribers it was handed to when the backend can know it (``capability ==
+    "exact"``), else ``None``. On failure ``error`` is an error code and
+    ``retryable`` says whether trying again later may succeed.
+    """
+
+    ok: bool
+    matched: int | None = None
+    capability: Capability = "exact"
+    error: str | None = None
+    retryable: bool = False
 
 
 @attrs.frozen

@@ -158,11 +158,8 @@ def check_upgrade(head: RequestHead) -> Rejected | None:
     if head.method != "GET":
         return Rejected(405, "WebSocket upgrades use GET", (("allow", "GET"),))
     if not head.is_upgrade or "upgrade" not in header_tokens(head, "connection"):
-        return Rejected(
-            426,
-            "This is a WebSocket endpoint",
-            (("upgrade", "websocket"), ("connection", "Upgrade")),
-        )
+        # RFC 9110 asks a 426 to say what to upgrade to; the connection closes after it.
+        return Rejected(426, "This is a WebSocket endpoint", (("upgrade", "websocket"),))
     if head.header("sec-websocket-version") != "13":
         return Rejected(426, "Unsupported WebSocket version", (("sec-websocket-version", "13"),))
     key = head.header("sec-websocket-key")

@@ -14,17 +14,20 @@ from .._errors import (
     RequestTimeout,
     RpcError,
 )
+from .._protocol.client_session import InboundMessage
 from ._backoff import Backoff, Jitter
 from ._call import RequestStream
-from ._client import Client, ClientState, ClientStatistics, InboundMessage, open_client
-from ._config import Auth, ClientHeartbeat, Reconnect, Retry, TokenSource
+from ._client import Client, open_client
+from ._config import Auth, ClientHeartbeat, ClientOptions, Reconnect, Retry, TokenSource
 from ._queue import OfflineQueuePolicy
+from ._state import ClientState, ClientStatistics
 
 __all__ = [
     "Auth",
     "Backoff",
     "Client",
     "ClientHeartbeat",
+    "ClientOptions",
     "ClientState",
     "ClientStatistics",
     "ConnectError",

@@ -1,10 +1,10 @@
 """Requests in flight: what the offline queue holds, and how a caller waits.
 
-A request is one :class:`Pending`: the client's reader settles it (reply, error)
-or feeds it progress; the caller waits on it through a :class:`RequestStream`.
-Its frame is encoded when it goes on the wire, not when ``request()`` is called,
-so ``meta.timeoutMs`` is the budget that is left then (a request that waited in
-the offline queue tells the server how long it still has).
+A request is one :class:`Pending`: the client settles it (reply, error) or feeds
+it progress, as the protocol session decides; the caller waits on it through a
+:class:`RequestStream`. Its frame is encoded when it goes on the wire, not when
+``request()`` is called, so ``meta.timeoutMs`` is the budget that is left then (a
+request that waited in the offline queue tells the server how long it still has).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ __all__ = ["Outgoing", "Pending", "PlainFrame", "RequestStream"]
 
 Res = TypeVar("Res")
 
-#: A frame without a ``payload`` key.
 #: Progress updates buffered per request before the oldest are dropped (a caller
 #: that reads slower than the server reports only misses intermediate states).
 PROGRESS_BUFFER = 1000
@@ -163,7 +162,9 @@ class RequestStream(Generic[Res]):
     Iterate it for the progress payloads (typed by the response schema); the
     iteration ends at the reply, or raises the request's error
     (:class:`~wskit_trio.RpcError`, :class:`~wskit_trio.RequestTimeout`,
-    :class:`~wskit_trio.ConnectionClosed`). ``await stream.result()`` waits for
+    :class:`~wskit_trio.ConnectionClosed` when the connection is lost,
+    :class:`~wskit_trio.AlreadyClosed` when the client is closed by ``aclose()``).
+    ``await stream.result()`` waits for
     the reply (skipping progress not yet read) and returns it. Leaving the
     ``async with`` before the reply aborts the request on the server.
     """

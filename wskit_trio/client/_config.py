@@ -1,17 +1,31 @@
-"""What ``open_client()`` is configured with: reconnect, retry, auth, heartbeat."""
+"""What a client is configured with: :class:`ClientOptions`, every option declared
+once, and the policies it holds (reconnect, retry, auth, heartbeat)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Literal, TypeAlias
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeAlias
 
 import attrs
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, RpcError
 from ._backoff import Backoff
+from ._queue import OfflineQueuePolicy
+from ._state import ClientState
 
-__all__ = ["Auth", "ClientHeartbeat", "Reconnect", "Retry", "TokenSource"]
+__all__ = [
+    "Auth",
+    "ClientHeartbeat",
+    "ClientOptions",
+    "ErrorHook",
+    "Reconnect",
+    "Retry",
+    "StateHook",
+    "TokenSource",
+    "UnhandledHook",
+]
 
 #: Where the token comes from: called (sync or async) before every connection attempt;
 #: ``None`` or ``""`` connects without a token.
@@ -46,6 +60,12 @@ class Retry:
     max_attempts: int = 3
     backoff: Backoff = attrs.field(factory=lambda: Backoff(initial=0.1, max=5.0))
 
+    def wait_before(self, attempt: int, error: RpcError) -> float:
+        """Seconds to wait after attempt ``attempt`` failed with ``error``: the
+        server's ``retryAfterMs``, or ``backoff.delay(attempt)`` if that is longer."""
+        hint = error.retry_after_ms
+        return max(hint / 1000 if type(hint) is int else 0.0, self.backoff.delay(attempt))
+
 
 def _check_prefix(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not _SUBPROTOCOL.match(value):
@@ -54,7 +74,7 @@ def _check_prefix(instance: object, attribute: attrs.Attribute[str], value: str)
 
 @attrs.frozen(kw_only=True)
 class Auth:
-    """How the client presents its token at the upgrade (protocol.md §7).
+    """How the client presents its token at the upgrade (docs/protocol.md §7).
 
     ``token`` is called (sync or async) before every connection attempt, so a
     refreshed token is used on reconnect. ``attach="query"`` adds
@@ -84,3 +104,83 @@ class ClientHeartbeat:
     interval: float = 30.0
     timeout: float = 10.0
     mode: Literal["frame", "ping"] = "frame"
+
+
+#: Gets what goes wrong outside a request (sync).
+ErrorHook: TypeAlias = Callable[[Exception], None]
+#: Gets valid frames of types no handler is registered for (sync or async).
+UnhandledHook: TypeAlias = Callable[[dict[str, Any]], "Awaitable[None] | None"]
+#: Sees every state change (sync).
+StateHook: TypeAlias = Callable[[ClientState], None]
+
+
+def _to_auth(auth: Auth | TokenSource | None) -> Auth | None:
+    return Auth(token=auth) if callable(auth) else auth
+
+
+def _to_reconnect(reconnect: Reconnect | bool) -> Reconnect:
+    return Reconnect(enabled=reconnect) if isinstance(reconnect, bool) else reconnect
+
+
+def _to_subprotocols(subprotocols: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(subprotocols, str):
+        raise ConfigurationError(f"subprotocols must be a sequence of names, not {subprotocols!r}")
+    return tuple(subprotocols)
+
+
+def _to_headers(headers: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, value) for name, value in headers)
+
+
+@attrs.frozen(kw_only=True)
+class ClientOptions:
+    """Every client option, declared here only.
+
+    ``open_client(url, **options)`` takes them as keywords (checked by type
+    checkers against these fields); ``Client(url, options)`` takes the object.
+    """
+
+    #: The token and how it goes to the server at the upgrade: an :class:`Auth`, or
+    #: just the token callable (sent as the ``access_token`` query parameter).
+    auth: Auth | None = attrs.field(default=None, converter=_to_auth)
+    #: Subprotocols offered at the upgrade, preferred first.
+    subprotocols: tuple[str, ...] = attrs.field(default=(), converter=_to_subprotocols)
+    #: Extra HTTP headers of the upgrade request.
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_to_headers)
+    #: Reconnect after a lost connection: a :class:`Reconnect`, or ``False`` to stay
+    #: closed once the connection is lost.
+    reconnect: Reconnect = attrs.field(default=Reconnect(), converter=_to_reconnect)
+    #: What the offline queue (frames sent while not open) does when full.
+    queue: OfflineQueuePolicy = "drop_newest"
+    #: How many frames the offline queue holds.
+    queue_size: int = 1000
+    #: Detect a dead server (``None``: rely on TCP alone).
+    heartbeat: ClientHeartbeat | None = None
+    #: Re-send requests answered with a retryable error (``None``: never).
+    retry: Retry | None = None
+    #: Requests in flight at once; one more raises ``RpcError(RESOURCE_EXHAUSTED)``.
+    pending_requests_limit: int = 1000
+    #: Send protocol v1's additions: ``meta.timeoutMs`` on requests, ``$ws:abort``
+    #: when a caller gives up. Turn off for a WS-Kit 0.10 server, whose strict meta
+    #: refuses ``timeoutMs`` (deadlines then hold on this side only).
+    extensions: bool = True
+    #: Seconds one connection attempt (TCP, TLS, upgrade) may take.
+    connect_timeout: float = 10.0
+    #: Seconds the close handshake may take before the connection is dropped.
+    close_timeout: float = 5.0
+    #: Largest inbound message, bytes.
+    max_message_size: int = 1024 * 1024
+    #: TLS settings for ``wss://`` (``None``: the system's defaults).
+    ssl_context: ssl.SSLContext | None = None
+    #: ``open_client`` enters its block once the first connection is open, and a
+    #: first connection that fails raises :class:`ConnectError`. ``False``: enter at
+    #: once, and retry the first connection like any other.
+    wait_open: bool = True
+    #: Gets what goes wrong outside a request: invalid frames, ``ERROR`` frames that
+    #: answer no request, failed reconnect attempts, queue overflow, handler
+    #: exceptions (``None``: they are logged).
+    on_error: ErrorHook | None = None
+    #: Gets valid frames of types no handler is registered for.
+    on_unhandled: UnhandledHook | None = None
+    #: Sees every state change.
+    on_state: StateHook | None = None

@@ -13,25 +13,33 @@ import inspect
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import attrs
 import trio
 
+from .._context import ConnectionContext
 from .._errors import WsKitError
+from .._handle import ConnectionHandle
 from .._protocol.codes import ErrorCode
-from .._protocol.pubsub import DEFAULT_TOPIC_PATTERN, Envelope, check_topic
+from .._protocol.pubsub import DEFAULT_TOPIC_PATTERN, Envelope, PublishResult, check_topic
 from .._schema import MessageSchema
-from ._backend import PublishResult, PubSubBackend
+from ._backend import PubSubBackend
 from ._memory import MemoryPubSub
 
 if TYPE_CHECKING:
-    from .._connection import Connection
-    from .._context import ConnectionContext
     from .._observer import Observer
-    from .._router import Router
 
-__all__ = ["PubSubHub", "PubSubStatistics", "TopicAction", "TopicPolicy", "with_pubsub"]
+__all__ = [
+    "PubSubConfig",
+    "PubSubHub",
+    "PubSubStatistics",
+    "TopicAction",
+    "TopicPolicy",
+    "admit_topic",
+    "prepare_publish",
+    "with_pubsub",
+]
 
 TopicAction: TypeAlias = Literal["subscribe", "unsubscribe", "publish"]
 Authorize: TypeAlias = Callable[
@@ -68,25 +76,97 @@ class _Topic:
     __slots__ = ("failed", "ready", "subscribers")
 
     def __init__(self) -> None:
-        self.subscribers: dict[str, Connection[Any]] = {}
+        self.subscribers: dict[str, ConnectionHandle] = {}
         #: Set once the backend confirmed (or refused) the subscription.
         self.ready = trio.Event()
         self.failed: WsKitError | None = None
 
 
-class PubSubHub:
-    """One instance's subscriptions and its backend."""
+@attrs.frozen
+class PubSubConfig:
+    """What a router says about pub/sub: the backend and the topic policy. Each
+    server that runs the router builds its own :class:`PubSubHub` from it."""
 
-    def __init__(self, backend: PubSubBackend, policy: TopicPolicy | None = None) -> None:
-        self.backend = backend
-        self.policy = policy or TopicPolicy()
+    backend: PubSubBackend = attrs.field(factory=MemoryPubSub)
+    policy: TopicPolicy = attrs.field(factory=TopicPolicy)
+    #: The ``origin`` of what is published from outside any connection.
+    origin: str = attrs.field(factory=lambda: str(uuid.uuid4()))
+
+
+async def admit_topic(
+    policy: TopicPolicy, action: TopicAction, topic: str, ctx: ConnectionContext[Any] | None
+) -> str:
+    """The topic, normalized, if ``policy`` lets ``ctx`` (``None``: the server itself)
+    do ``action`` on it; else ``WsKitError``."""
+    if policy.normalize is not None and isinstance(topic, str):
+        topic = policy.normalize(topic)
+    problem = check_topic(topic, policy.pattern)
+    if problem is not None:
+        raise WsKitError(ErrorCode.INVALID_ARGUMENT, problem, {"topic": str(topic)[:140]})
+    if policy.authorize is not None and ctx is not None:
+        allowed = policy.authorize(action, topic, ctx)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            raise WsKitError(
+                ErrorCode.PERMISSION_DENIED,
+                f"Not allowed to {action} {topic!r}",
+                {"topic": topic},
+            )
+    return topic
+
+
+async def prepare_publish(
+    config: PubSubConfig,
+    origin: str,
+    topic: str,
+    schema: MessageSchema[Any],
+    payload: Any,
+    *,
+    meta: dict[str, Any] | None = None,
+    exclude: str | None = None,
+    ctx: ConnectionContext[Any] | None = None,
+) -> Envelope | PublishResult:
+    """Validate and admit one publish: the envelope to hand to the backend, or the
+    failed result. Every publish (``ctx.publish``, ``server.publish``,
+    ``router.publish``) goes through it; an invalid payload raises
+    ``OutboundValidationError``."""
+    wire_payload = schema.wire_payload(payload)  # validates, even a payload-less message
+    try:
+        topic = await admit_topic(config.policy, "publish", topic, ctx)
+    except WsKitError as err:
+        return PublishResult(
+            ok=False, capability=config.backend.capability, error=str(err.code), retryable=False
+        )
+    return Envelope(topic, schema.type, wire_payload, meta, origin, exclude)
+
+
+class PubSubHub:
+    """One server's subscriptions, in front of the router's backend.
+
+    Built by the server when it starts; :meth:`run` attaches it to the backend and
+    runs the backend for the server's life."""
+
+    def __init__(self, config: PubSubConfig, observer: Observer | None = None) -> None:
+        self.config = config
+        self.backend = config.backend
+        self.policy = config.policy
         #: This instance's id: the ``origin`` of what it publishes.
         self.instance_id = str(uuid.uuid4())
+        self.observer = observer
         self._topics: dict[str, _Topic] = {}
+        #: Each connection's topics, by client id.
+        self._subscribed: dict[str, set[str]] = {}
         self._published = self._delivered = self._dropped = 0
-        #: Told every publish's outcome (set by ``Router.compile`` from ``Router.observer``).
-        self.observer: Observer | None = None
-        backend.attach(self.deliver, self._topics.keys)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Attach to the backend and run it until cancelled."""
+        self.backend.attach(self.deliver, self._topics.keys)
+        try:
+            await self.backend.run(task_status=task_status)
+            await trio.sleep_forever()  # a backend with no work of its own returns at once
+        finally:
+            self.backend.detach(self.deliver)
 
     def statistics(self) -> PubSubStatistics:
         return PubSubStatistics(
@@ -102,36 +182,18 @@ class PubSubHub:
         entry = self._topics.get(topic)
         return len(entry.subscribers) if entry is not None else 0
 
-    # -- policy ---------------------------------------------------------------------
-
-    async def _admit(
-        self, action: TopicAction, topic: str, ctx: ConnectionContext[Any] | None
-    ) -> str:
-        policy = self.policy
-        if policy.normalize is not None and isinstance(topic, str):
-            topic = policy.normalize(topic)
-        problem = check_topic(topic, policy.pattern)
-        if problem is not None:
-            raise WsKitError(ErrorCode.INVALID_ARGUMENT, problem, {"topic": str(topic)[:140]})
-        if policy.authorize is not None and ctx is not None:
-            allowed = policy.authorize(action, topic, ctx)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
-            if not allowed:
-                raise WsKitError(
-                    ErrorCode.PERMISSION_DENIED,
-                    f"Not allowed to {action} {topic!r}",
-                    {"topic": topic},
-                )
-        return topic
+    def topics_of(self, conn: ConnectionHandle) -> frozenset[str]:
+        """The topics ``conn`` subscribes to."""
+        return frozenset(self._subscribed.get(conn.client_id, ()))
 
     # -- subscriptions ----------------------------------------------------------------
 
-    async def subscribe(self, conn: Connection[Any], topic: str) -> None:
-        topic = await self._admit("subscribe", topic, conn.context)
-        if topic in conn.topics:
+    async def subscribe(self, conn: ConnectionHandle, topic: str, ctx: object) -> None:
+        topic = await admit_topic(self.policy, "subscribe", topic, _context(ctx))
+        mine = self._subscribed.setdefault(conn.client_id, set())
+        if topic in mine:
             return
-        if len(conn.topics) >= self.policy.max_topics_per_connection:
+        if len(mine) >= self.policy.max_topics_per_connection:
             raise WsKitError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 "Too many topics for this connection",
@@ -142,7 +204,7 @@ class PubSubHub:
         if entry is None:
             entry = self._topics[topic] = _Topic()
         entry.subscribers[conn.client_id] = conn
-        conn.topics.add(topic)
+        mine.add(topic)
         if first:
             try:
                 await self.backend.subscribe(topic)
@@ -157,38 +219,48 @@ class PubSubHub:
                 raise
             entry.ready.set()
         else:
-            # protocol.md §9: return only once the backend confirmed the topic.
+            # docs/protocol.md §9: return only once the backend confirmed the topic.
             await entry.ready.wait()
             if entry.failed is not None:
-                self._forget(conn, topic)
+                self._forget(conn.client_id, topic)
                 raise entry.failed
 
     def _drop_entry(self, topic: str, entry: _Topic) -> None:
-        for conn in entry.subscribers.values():
-            conn.topics.discard(topic)
+        for client_id in entry.subscribers:
+            self._discard(client_id, topic)
         if self._topics.get(topic) is entry:
             del self._topics[topic]
 
-    def _forget(self, conn: Connection[Any], topic: str) -> bool:
+    def _discard(self, client_id: str, topic: str) -> None:
+        mine = self._subscribed.get(client_id)
+        if mine is not None:
+            mine.discard(topic)
+            if not mine:
+                del self._subscribed[client_id]
+
+    def _forget(self, client_id: str, topic: str) -> bool:
         """Remove one subscription; True if the topic has no local subscriber left."""
-        conn.topics.discard(topic)
+        self._discard(client_id, topic)
         entry = self._topics.get(topic)
         if entry is None:
             return False
-        entry.subscribers.pop(conn.client_id, None)
+        entry.subscribers.pop(client_id, None)
         if entry.subscribers:
             return False
         del self._topics[topic]
         return True
 
-    async def unsubscribe(self, conn: Connection[Any], topic: str) -> None:
-        topic = await self._admit("unsubscribe", topic, conn.context)
-        if topic in conn.topics and self._forget(conn, topic):
+    async def unsubscribe(self, conn: ConnectionHandle, topic: str, ctx: object) -> None:
+        topic = await admit_topic(self.policy, "unsubscribe", topic, _context(ctx))
+        if topic in self._subscribed.get(conn.client_id, ()) and self._forget(
+            conn.client_id, topic
+        ):
             await self.backend.unsubscribe(topic)
 
-    async def remove_connection(self, conn: Connection[Any]) -> None:
+    async def remove(self, conn: ConnectionHandle) -> None:
         """Drop every subscription of a closed connection."""
-        emptied = [topic for topic in list(conn.topics) if self._forget(conn, topic)]
+        mine = self._subscribed.pop(conn.client_id, set())
+        emptied = [topic for topic in mine if self._forget(conn.client_id, topic)]
         for topic in emptied:
             await self.backend.unsubscribe(topic)
 
@@ -202,19 +274,23 @@ class PubSubHub:
         *,
         meta: dict[str, Any] | None = None,
         exclude: str | None = None,
-        ctx: ConnectionContext[Any] | None = None,
+        ctx: object = None,
     ) -> PublishResult:
-        wire_payload = schema.wire_payload(payload)  # validates, even a payload-less message
-        try:
-            topic = await self._admit("publish", topic, ctx)
-        except WsKitError as err:
-            result = PublishResult(
-                ok=False, capability=self.backend.capability, error=str(err.code), retryable=False
-            )
-        else:
+        prepared = await prepare_publish(
+            self.config,
+            self.instance_id,
+            topic,
+            schema,
+            payload,
+            meta=meta,
+            exclude=exclude,
+            ctx=_context(ctx),
+        )
+        if isinstance(prepared, Envelope):
             self._published += 1
-            envelope = Envelope(topic, schema.type, wire_payload, meta, self.instance_id, exclude)
-            result = await self.backend.publish(envelope)
+            result = await self.backend.publish(prepared)
+        else:
+            result = prepared
         if self.observer is not None:
             self.observer.published(result)
         return result
@@ -230,20 +306,29 @@ class PubSubHub:
             if client_id == envelope.exclude:
                 continue
             matched += 1
-            if conn.outbox.put_nowait(frame):
+            if conn.send_nowait(frame):
                 self._delivered += 1
             else:
                 self._dropped += 1
         return matched
 
 
+def _context(ctx: object) -> ConnectionContext[Any] | None:
+    return ctx if isinstance(ctx, ConnectionContext) else None
+
+
+class _Configurable(Protocol):
+    pubsub: PubSubConfig
+
+
 def with_pubsub(
     backend: PubSubBackend | None = None, *, policy: TopicPolicy | None = None
-) -> Callable[[Router[Any]], None]:
+) -> Callable[[_Configurable], None]:
     """A router plugin choosing the pub/sub backend and topic policy:
-    ``router.plugin(with_pubsub(ValkeyPubSub.from_url(url)))``."""
+    ``router.plugin(with_pubsub(ValkeyPubSub.from_url(url)))``. It only configures:
+    each server running the router builds its own hub on this backend."""
 
-    def plugin(router: Router[Any]) -> None:
-        router.pubsub = PubSubHub(backend or MemoryPubSub(), policy)
+    def plugin(router: _Configurable) -> None:
+        router.pubsub = PubSubConfig(backend or MemoryPubSub(), policy or TopicPolicy())
 
     return plugin

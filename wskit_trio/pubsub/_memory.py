@@ -12,22 +12,24 @@ from ._backend import Capability, Deliver, PublishResult
 __all__ = ["MemoryPubSub"]
 
 
-def _no_delivery(envelope: Envelope) -> int:
-    return 0
-
-
 class MemoryPubSub:
-    """In-process pub/sub: a publish is delivered before ``publish`` returns."""
+    """In-process pub/sub: a publish is delivered before ``publish`` returns, to every
+    server attached (several servers of one router in one process share it, as
+    instances share a Valkey)."""
 
     capability: Capability = "exact"
     #: Nothing to lose touch with.
     healthy: bool = True
 
     def __init__(self) -> None:
-        self._deliver: Deliver = _no_delivery
+        self._delivers: list[Deliver] = []
 
     def attach(self, deliver: Deliver, local_topics: Callable[[], Collection[str]]) -> None:
-        self._deliver = deliver
+        self._delivers.append(deliver)
+
+    def detach(self, deliver: Deliver) -> None:
+        if deliver in self._delivers:
+            self._delivers.remove(deliver)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -41,4 +43,5 @@ class MemoryPubSub:
     async def publish(self, envelope: Envelope) -> PublishResult:
         # Cancellation is honoured before delivery, never halfway through it.
         await trio.lowlevel.checkpoint_if_cancelled()
-        return PublishResult(ok=True, matched=self._deliver(envelope), capability="exact")
+        matched = sum(deliver(envelope) for deliver in self._delivers)
+        return PublishResult(ok=True, matched=matched, capability="exact")

@@ -203,11 +203,13 @@ class TestApp(Generic[D]):
 
     __test__ = False
 
-    def __init__(self, server: Server[D], nursery: trio.Nursery) -> None:
+    def __init__(
+        self, server: Server[D], nursery: trio.Nursery, errors: list[WsKitError] | None = None
+    ) -> None:
         self.server = server
         self._nursery = nursery
         #: Every error reported to ``on_error`` (answered to a client or closing one).
-        self.errors: list[WsKitError] = []
+        self.errors: list[WsKitError] = [] if errors is None else errors
 
     async def connect(
         self,
@@ -264,9 +266,7 @@ class TestApp(Generic[D]):
         are refused, in-flight ones get ``grace`` seconds (default
         ``limits.shutdown_grace``), then every connection closes with 1001. Returns
         once every connection has ended and its ``on_close`` hooks ran."""
-        if grace is not None:
-            self.server._grace = grace
-        await self.server._shutdown_connections()
+        await self.server.shutdown_connections(grace)
 
 
 @asynccontextmanager
@@ -285,6 +285,11 @@ async def open_test_app(
 
     On exit every connection is closed and every task of it has ended.
     """
+    errors: list[WsKitError] = []
+
+    def capture(error: WsKitError, ctx: ConnectionContext[D]) -> None:
+        errors.append(error)
+
     server: Server[D] = Server(
         router,
         authenticate=authenticate,
@@ -293,19 +298,13 @@ async def open_test_app(
         heartbeat=heartbeat,
         path=path,
         allowed_origins=allowed_origins,
+        error_hooks=[capture],
     )
     with single_exception():
         async with trio.open_nursery() as services:
-            await services.start(server._router.pubsub.backend.run)
+            await services.start(server.pubsub.run)
             async with trio.open_nursery() as nursery:
-                app = TestApp(server, nursery)
-
-                def capture(error: WsKitError, ctx: ConnectionContext[D]) -> None:
-                    app.errors.append(error)
-
-                server._router = attrs.evolve(
-                    server._router, on_error=(*server._router.on_error, capture)
-                )
+                app = TestApp(server, nursery, errors)
                 try:
                     yield app
                 finally:

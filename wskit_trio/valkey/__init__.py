@@ -8,7 +8,7 @@ makes them share rate-limit buckets.
 
 from .._errors import ValkeyError, ValkeyUnavailable
 from ._connection import ValkeyAddress, ValkeyConnection, ValkeySubscriber, parse_url
-from ._pubsub import ValkeyPubSub, ValkeyPubSubStatistics
+from ._pubsub import ValkeyPubSub, ValkeyPubSubOptions, ValkeyPubSubStatistics
 from ._ratelimit import ValkeyRateLimiter, ValkeyRateLimiterStatistics
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ValkeyConnection",
     "ValkeyError",
     "ValkeyPubSub",
+    "ValkeyPubSubOptions",
     "ValkeyPubSubStatistics",
     "ValkeyRateLimiter",
     "ValkeyRateLimiterStatistics",

@@ -1,4 +1,4 @@
-"""Pub/sub across instances through Valkey (protocol.md §9).
+"""Pub/sub across instances through Valkey (docs/protocol.md §9).
 
 Each instance holds two connections: one for commands (``PUBLISH``, health
 pings) and one in subscriber mode. A publish is ``PUBLISH <prefix><topic>
@@ -36,7 +36,8 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .._errors import ValkeyError, ValkeyUnavailable, WsKitError
+from .._errors import ConfigurationError, ValkeyError, ValkeyUnavailable, WsKitError
+from .._options import options_as_keywords
 from .._protocol.codes import ErrorCode
 from .._protocol.pubsub import Envelope
 from ..pubsub._backend import Capability, Deliver, PublishResult
@@ -49,7 +50,7 @@ from ._connection import (
 )
 from ._outage import Outage, redact_url, valkey_url
 
-__all__ = ["ValkeyPubSub", "ValkeyPubSubStatistics"]
+__all__ = ["ValkeyPubSub", "ValkeyPubSubOptions", "ValkeyPubSubStatistics"]
 
 
 #: 2**64 times any sane ``backoff_initial`` is far beyond any ``backoff_max``.
@@ -62,6 +63,27 @@ def _no_delivery(envelope: Envelope) -> int:
 
 def _no_topics() -> Collection[str]:
     return ()
+
+
+@attrs.frozen(kw_only=True)
+class ValkeyPubSubOptions:
+    """How a :class:`ValkeyPubSub` talks to Valkey, declared here only:
+    ``ValkeyPubSub.from_url(url, **options)`` takes these as keywords,
+    ``ValkeyPubSub(host, port, options=...)`` the object."""
+
+    #: Starts every channel name, so several apps can share one Valkey.
+    prefix: str = "wskit:"
+    #: Seconds a connection attempt may take.
+    connect_timeout: float = 2.0
+    #: Seconds any command may take; one that takes longer counts as a lost connection.
+    command_timeout: float = 2.0
+    #: Seconds between health checks (a PING, and the subscriptions compared with
+    #: the local topics) of a healthy session.
+    health_interval: float = 5.0
+    #: Reconnect backoff, seconds: after a failed attempt, ``backoff_initial``
+    #: doubling up to ``backoff_max``, with jitter.
+    backoff_initial: float = 0.05
+    backoff_max: float = 5.0
 
 
 @attrs.frozen
@@ -102,21 +124,17 @@ class ValkeyPubSub:
         *,
         password: str | None = None,
         db: int = 0,
-        prefix: str = "wskit:",
-        connect_timeout: float = 2.0,
-        command_timeout: float = 2.0,
-        health_interval: float = 5.0,
-        backoff_initial: float = 0.05,
-        backoff_max: float = 5.0,
+        options: ValkeyPubSubOptions | None = None,
     ) -> None:
         self.host, self.port, self.db = host, port, db
         self._password = password
-        self.prefix = prefix
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
-        self.health_interval = health_interval
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.options = options = options if options is not None else ValkeyPubSubOptions()
+        self.prefix = options.prefix
+        self.connect_timeout = options.connect_timeout
+        self.command_timeout = options.command_timeout
+        self.health_interval = options.health_interval
+        self.backoff_initial = options.backoff_initial
+        self.backoff_max = options.backoff_max
 
         self._deliver: Deliver = _no_delivery
         self._local_topics: Callable[[], Collection[str]] = _no_topics
@@ -138,31 +156,18 @@ class ValkeyPubSub:
         self._last_error: str | None = None
         self._outage = Outage("pub/sub", valkey_url(host, port, db, password), secret=password)
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str = "wskit:",
-        connect_timeout: float = 2.0,
-        command_timeout: float = 2.0,
-        health_interval: float = 5.0,
-        backoff_initial: float = 0.05,
-        backoff_max: float = 5.0,
-    ) -> ValkeyPubSub:
-        """From ``valkey://[:password@]host[:port][/db]``."""
+    @staticmethod
+    @options_as_keywords(ValkeyPubSubOptions)
+    def from_url(url: str, options: ValkeyPubSubOptions) -> ValkeyPubSub:
+        """From ``valkey://[:password@]host[:port][/db]``; the keywords are
+        :class:`ValkeyPubSubOptions`' fields."""
         address = parse_url(url)
-        backend = cls(
+        backend = ValkeyPubSub(
             address.host,
             address.port,
             password=address.password,
             db=address.db,
-            prefix=prefix,
-            connect_timeout=connect_timeout,
-            command_timeout=command_timeout,
-            health_interval=health_interval,
-            backoff_initial=backoff_initial,
-            backoff_max=backoff_max,
+            options=options,
         )
         backend._outage.where = redact_url(url)  # as configured (scheme, user, ?db=)
         return backend
@@ -223,8 +228,17 @@ class ValkeyPubSub:
     # -- the PubSubBackend protocol ----------------------------------------------------
 
     def attach(self, deliver: Deliver, local_topics: Callable[[], Collection[str]]) -> None:
+        if self._running:
+            raise ConfigurationError(
+                "this ValkeyPubSub already serves a running server; give each server its own"
+            )
         self._deliver = deliver
         self._local_topics = local_topics
+
+    def detach(self, deliver: Deliver) -> None:
+        if self._deliver == deliver:
+            self._deliver = _no_delivery
+            self._local_topics = _no_topics
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, keep connected and re-subscribed, until cancelled. Reports started

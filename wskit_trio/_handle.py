@@ -1,0 +1,88 @@
+"""What the rest of the runtime sees of a connection, and of the server's pub/sub.
+
+Contexts and the pub/sub hub talk to a connection through
+:class:`ConnectionHandle`, and contexts reach the hub through
+:class:`Subscriptions`; neither knows the ``Connection`` class or the hub class.
+This module imports nothing else of the runtime's, so the modules above it form
+no import cycle (a test checks the package's import graph).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+
+from ._outbound import FrameKind, OutboxStatistics
+
+if TYPE_CHECKING:
+    from ._protocol.pubsub import PublishResult
+    from ._schema import MessageSchema
+    from ._transport import UpgradeRequest
+
+__all__ = ["ConnectionHandle", "ConnectionStatistics", "Subscriptions"]
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    """One connection's load: what it has in flight and how its outbound queue fares
+    (``outbox.dropped`` counts frames a slow client lost to the queue policy)."""
+
+    client_id: str
+    rpcs_in_flight: int
+    topics: int
+    outbox: OutboxStatistics
+
+
+class Subscriptions(Protocol):
+    """The server's pub/sub hub, as a connection's contexts use it. ``ctx`` is the
+    context asking (the topic policy's ``authorize`` hook gets it)."""
+
+    async def subscribe(self, conn: ConnectionHandle, topic: str, ctx: object) -> None: ...
+
+    async def unsubscribe(self, conn: ConnectionHandle, topic: str, ctx: object) -> None: ...
+
+    def topics_of(self, conn: ConnectionHandle) -> frozenset[str]: ...
+
+    async def remove(self, conn: ConnectionHandle) -> None:
+        """Drop every subscription of a connection that has closed."""
+        ...
+
+    async def publish(
+        self,
+        topic: str,
+        schema: MessageSchema[Any],
+        payload: Any,
+        *,
+        meta: dict[str, Any] | None = None,
+        exclude: str | None = None,
+        ctx: object = None,
+    ) -> PublishResult: ...
+
+
+class ConnectionHandle(Protocol):
+    """One live connection, as contexts and the pub/sub hub use it."""
+
+    client_id: str
+    #: The app's connection data (``authenticate``'s result, as changed since).
+    data: Any
+
+    @property
+    def request(self) -> UpgradeRequest: ...
+
+    @property
+    def pubsub(self) -> Subscriptions: ...
+
+    async def send(self, frame: str, kind: FrameKind) -> bool:
+        """Queue an encoded frame (the queue's policy applies; see ``Outbox.put``)."""
+        ...
+
+    def send_nowait(self, frame: str) -> bool:
+        """Queue a frame without waiting (pub/sub fan-out); ``False`` if dropped."""
+        ...
+
+    def close_soon(self, code: int = 1000, reason: str = "") -> None:
+        """Close once the frames already queued are sent."""
+        ...
+
+    def statistics(self) -> ConnectionStatistics: ...
