@@ -1,4 +1,4 @@
-"""Test helpers: expected wire frames, written out from protocol.md §3 for exact
+"""Test helpers: expected wire frames, written out from docs/protocol.md §3 for exact
 comparisons, and an in-memory app bounded in time."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ async def open_app(
 
 
 class _AnyText:
-    """Equal to any non-empty string: for messages protocol.md leaves to the server."""
+    """Equal to any non-empty string: for messages docs/protocol.md leaves to the server."""
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, str) and bool(other)
@@ -57,7 +57,7 @@ def error_frame(
     retryable: bool = False,
     retry_after_ms: Any = _ABSENT,
 ) -> dict[str, Any]:
-    """An ``ERROR`` (or ``RPC_ERROR``) frame exactly as protocol.md §3 draws it:
+    """An ``ERROR`` (or ``RPC_ERROR``) frame exactly as docs/protocol.md §3 draws it:
     ``details`` only when given, ``retryable`` always, ``retryAfterMs`` only when given."""
     payload: dict[str, Any] = {"code": code, "message": message}
     if details is not None:

@@ -14,7 +14,7 @@ from conftest import ECHO, PING, PONG, Ping, Pong
 
 from wskit_trio import ConfigurationError, ErrorCode, OutboundValidationError, message, rpc
 from wskit_trio._errors import InboundValidationError, RpcError
-from wskit_trio._protocol.client_session import (
+from wskit_trio._protocol.session import (
     HEARTBEAT_ACK,
     ClientSession,
     Ignored,

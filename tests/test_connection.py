@@ -1,4 +1,4 @@
-"""The connection runtime through the in-memory harness: protocol.md §2-§4, lifecycle
+"""The connection runtime through the in-memory harness: docs/protocol.md §2-§4, lifecycle
 hooks, heartbeat. Inbound frames are written by hand; answers are compared whole."""
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ async def settled(client: TestClient[Conn]) -> None:
     assert client.receive_nowait() is None
 
 
-# -- protocol.md §4: each row, answered, reported, and the connection survives ---------
+# -- docs/protocol.md §4: each row, answered, reported, and the connection survives ---------
 
 ROWS: list[tuple[str, str | bytes, dict[str, Any]]] = [
     ("not JSON", "not json", error_frame("INVALID_ARGUMENT")),
@@ -268,7 +268,7 @@ async def test_abort_for_an_unknown_id_is_ignored() -> None:
         await assert_alive(client)
 
 
-# -- validation failures (protocol.md §2) ---------------------------------------------
+# -- validation failures (docs/protocol.md §2) ---------------------------------------------
 
 INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("unknown root key", {"type": "PING", "payload": {"text": "a"}, "id": 1}, ["$.id"]),
@@ -427,7 +427,7 @@ async def test_extended_meta_is_validated_and_visible() -> None:
     assert seen.contexts[0].payload == Ping("a")
 
 
-# -- handler errors (protocol.md §3, §4) ------------------------------------------------
+# -- handler errors (docs/protocol.md §3, §4) ------------------------------------------------
 
 WSKIT_ERRORS: list[tuple[WsKitError, dict[str, Any]]] = [
     (
@@ -619,7 +619,7 @@ async def test_ctx_error_sends_an_error_frame() -> None:
         assert client.receive_nowait() is None
 
 
-# -- frame size (protocol.md §4, §8) --------------------------------------------------
+# -- frame size (docs/protocol.md §4, §8) --------------------------------------------------
 
 LIMIT = 64
 PREFIX, SUFFIX = '{"type": "PING", "payload": {"text": "', '"}}'

@@ -1,6 +1,6 @@
 """Property tests: arbitrary text, bytes and JSON thrown at the decoder and at a running
 router. Nothing raises out of the connection, and every frame gets exactly the answer
-protocol.md §4 gives it, as derived independently by :func:`oracle`."""
+docs/protocol.md §4 gives it, as derived independently by :func:`oracle`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-# -- the oracle: protocol.md §1, §2 and §4, written out independently -----------------
+# -- the oracle: docs/protocol.md §1, §2 and §4, written out independently -----------------
 
 
 class Answer(NamedTuple):
@@ -351,7 +351,7 @@ def make_router() -> Router[Conn]:
 
 
 def _check_error_shape(raw: dict[str, Any]) -> None:
-    """protocol.md §3: exactly type/meta/payload; message and retryable always present."""
+    """docs/protocol.md §3: exactly type/meta/payload; message and retryable always present."""
     assert set(raw) == {"type", "meta", "payload"}
     payload = raw["payload"]
     assert set(payload) <= {"code", "message", "details", "retryable", "retryAfterMs"}
@@ -431,7 +431,7 @@ def test_router_answers_every_json_object_as_protocol_md_says(
 
 
 def test_oracle_agrees_with_hand_written_examples() -> None:
-    # The oracle itself, pinned on the rows of protocol.md §4.
+    # The oracle itself, pinned on the rows of docs/protocol.md §4.
     assert oracle("nope") == [Answer("ERROR", "INVALID_ARGUMENT")]
     assert oracle(b"\xff") == [Answer("ERROR", "INVALID_ARGUMENT")]
     assert oracle(b'{"type": "PING", "payload": {"text": "a"}}') == [Answer("PONG")]

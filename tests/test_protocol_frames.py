@@ -1,4 +1,4 @@
-"""The sans-IO frame codec (protocol.md §1-§4, §6) on plain values: no trio, no sockets."""
+"""The sans-IO frame codec (docs/protocol.md §1-§4, §6) on plain values: no trio, no sockets."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from wskit_trio._protocol.codes import ERROR_CODE_META, ErrorCode, error_payload
 from wskit_trio._protocol.frames import FrameError, InboundFrame, decode_frame, validate_frame
 from wskit_trio._protocol.validation import structurer
 
-# -- decode_frame: the envelope (protocol.md §1, first row of §4) -----------------------
+# -- decode_frame: the envelope (docs/protocol.md §1, first row of §4) -----------------------
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_reserved_types(type: str, reserved: bool) -> None:
     assert frames.is_reserved_type(type) is reserved
 
 
-# -- validate_frame: strict validation (protocol.md §2) ----------------------------------
+# -- validate_frame: strict validation (docs/protocol.md §2) ----------------------------------
 
 
 @attrs.frozen
@@ -305,7 +305,7 @@ def test_every_problem_is_reported_at_once() -> None:
     ]
 
 
-# -- outbound frames (protocol.md §3) ------------------------------------------------
+# -- outbound frames (docs/protocol.md §3) ------------------------------------------------
 
 
 def test_protocol_md_rpc_error_example() -> None:
@@ -360,7 +360,7 @@ def test_empty_details_are_omitted() -> None:
     assert "details" not in error_payload("NOT_FOUND", details=None)
 
 
-#: protocol.md §6, copied by hand: code -> (retryable, suggested backoff ms).
+#: docs/protocol.md §6, copied by hand: code -> (retryable, suggested backoff ms).
 SPEC_TABLE: dict[str, tuple[bool, int | None]] = {
     "UNAUTHENTICATED": (False, None),
     "PERMISSION_DENIED": (False, None),
@@ -521,7 +521,7 @@ def test_every_protocol_module_imports_and_runs_without_trio() -> None:
         for module in pkgutil.iter_modules(protocol.__path__):
             importlib.import_module("wskit_trio._protocol." + module.name)
         from wskit_trio._protocol import codes, frames, validation
-        from wskit_trio._protocol.client_session import HEARTBEAT_ACK, ClientSession
+        from wskit_trio._protocol.session import HEARTBEAT_ACK, ClientSession
         from wskit_trio._protocol.ratelimit import TokenBucket
         from wskit_trio._protocol.session import HeartbeatAck, ServerSession
 

@@ -1,4 +1,4 @@
-"""RPC lifecycle (protocol.md §3-§5): reply, progress, one-shot terminals, throttle,
+"""RPC lifecycle (docs/protocol.md §3-§5): reply, progress, one-shot terminals, throttle,
 deadlines, abort, disconnect, concurrency and the in-flight limit.
 
 Most tests run through the in-memory harness under ``autojump_clock``; the last

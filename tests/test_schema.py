@@ -169,7 +169,7 @@ def test_configuration_error_is_a_type_error() -> None:
     assert issubclass(ConfigurationError, TypeError)
 
 
-# -- outbound validation (protocol.md §2, last paragraph) -----------------------------
+# -- outbound validation (docs/protocol.md §2, last paragraph) -----------------------------
 
 
 def test_dump_payload_gives_the_wire_json() -> None:

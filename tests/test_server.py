@@ -1,6 +1,6 @@
 """serve() on a real socket, checked from outside with the third-party ``websockets``
-client: frames are written by hand from protocol.md, answers parsed as plain JSON.
-Also the upgrade decision (protocol.md §7): authentication and subprotocols."""
+client: frames are written by hand from docs/protocol.md, answers parsed as plain JSON.
+Also the upgrade decision (docs/protocol.md §7): authentication and subprotocols."""
 
 from __future__ import annotations
 
@@ -286,7 +286,7 @@ async def test_aclose_closes_clients_with_1001_and_runs_on_close() -> None:
     assert len(closed) == 2
 
 
-# -- authentication (protocol.md §7) --------------------------------------------------
+# -- authentication (docs/protocol.md §7) --------------------------------------------------
 
 
 async def test_authenticate_returning_none_refuses_with_401() -> None:
@@ -374,7 +374,7 @@ async def test_authenticate_sees_the_request_and_its_result_is_the_data() -> Non
     assert seen[2].token is None
 
 
-# -- subprotocol selection (protocol.md §7) -------------------------------------------
+# -- subprotocol selection (docs/protocol.md §7) -------------------------------------------
 
 SELECTION: list[tuple[list[str], list[str], str | None]] = [
     (["chat.v2", "chat.v1"], ["chat.v1", "chat.v2"], "chat.v2"),  # first offered, not ours

@@ -1,4 +1,4 @@
-"""Strict structuring with cattrs (protocol.md §2): every problem, with its path."""
+"""Strict structuring with cattrs (docs/protocol.md §2): every problem, with its path."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ driven from trio through worker threads.
 ``trio.to_thread.run_sync``. Every blocking call carries its own timeout and the
 thread is abandoned on cancellation, so a test's ``trio.fail_after`` always wins.
 Frames are sent and received as raw text: the tests write the JSON by hand, from
-protocol.md, so the wire format is checked from outside the package.
+docs/protocol.md, so the wire format is checked from outside the package.
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ class Connection(Generic[D]):
         self._nursery.cancel_scope.cancel()
 
     async def _message_too_big(self) -> None:
-        """A message over ``max_message_bytes`` (protocol.md §4, §8): close with 1009,
+        """A message over ``max_message_bytes`` (docs/protocol.md §4, §8): close with 1009,
         but only once the answers already queued are out. The messages before it
         were accepted, so their answers are not lost (the transport has stopped
         reading and left the socket open). RPCs still running are cancelled with

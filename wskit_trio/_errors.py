@@ -155,7 +155,7 @@ class MessageTooBig(ConnectionClosed):
 
     The socket is still open: the transport stopped reading and left the close to
     the connection, which sends the answers already queued for the messages before
-    it, then closes with 1009 (protocol.md §4, §8). Being a ``ConnectionClosed(1009)``,
+    it, then closes with 1009 (docs/protocol.md §4, §8). Being a ``ConnectionClosed(1009)``,
     code that only cares that reading is over needs nothing more.
     """
 
@@ -215,7 +215,7 @@ class RpcError(WsKitError):
     ``request()`` raises it for its request; an ``ERROR`` that answers no request
     goes to the client's ``on_error``. ``code``, ``message`` and ``details`` are
     the server's. ``retryable`` is the wire value, else the code's default
-    (protocol.md §6). ``retry_after_ms`` keeps :class:`WsKitError`'s meaning, so
+    (docs/protocol.md §6). ``retry_after_ms`` keeps :class:`WsKitError`'s meaning, so
     a server handler that lets an ``RpcError`` from an upstream call propagate
     passes the same hints on: an int is the server's wait hint in ms, ``None``
     means "do not retry" (the server sent ``null``, or the error is not

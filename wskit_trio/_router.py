@@ -184,7 +184,7 @@ class Router(Generic[D]):
         return hook
 
     def on_error(self, hook: ErrorHook[D]) -> ErrorHook[D]:
-        """Run for every error answered or raised on a connection (protocol.md §4).
+        """Run for every error answered or raised on a connection (docs/protocol.md §4).
         ``error.__cause__`` holds the handler's own exception, if there was one."""
         self._on_error.append(hook)
         return hook

@@ -241,7 +241,7 @@ class Server(Generic[D]):
     async def decide(
         self, request: UpgradeRequest, default_data: Any = None
     ) -> Accepted | Rejected:
-        """Path, Origin and caps, then ``authenticate`` and the subprotocol (protocol.md
+        """Path, Origin and caps, then ``authenticate`` and the subprotocol (docs/protocol.md
         §7). An ``Accepted`` holds a connection slot: :meth:`handle` gives it back.
         Without ``authenticate`` the connection gets ``default_data``."""
         refusal = self._admission.admit(request)

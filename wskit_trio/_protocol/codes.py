@@ -1,4 +1,4 @@
-"""The standard error codes (protocol.md §6) and the error payload they produce."""
+"""The standard error codes (docs/protocol.md §6) and the error payload they produce."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Frames on the wire (protocol.md §1-§4): decode, validate, encode. Pure functions.
+"""Frames on the wire (docs/protocol.md §1-§4): decode, validate, encode. Pure functions.
 
-Decoding happens in two steps so each failure gets the answer protocol.md §4
+Decoding happens in two steps so each failure gets the answer docs/protocol.md §4
 gives it: :func:`decode_frame` checks the envelope (JSON object with a string
 ``type``) before the router knows the type, and :func:`validate_frame` checks
 root keys, meta and payload against the schema the router found.
@@ -117,7 +117,7 @@ def validate_frame(
     structure_payload: StructureFn | None,
     structure_meta: StructureFn | None,
 ) -> tuple[Any, dict[str, Any], Any] | Problems:
-    """Strictly validate a frame against a schema (protocol.md §2).
+    """Strictly validate a frame against a schema (docs/protocol.md §2).
 
     Returns ``(payload, meta, extended_meta)`` or the list of problems.
     ``structure_payload`` is ``None`` for schemas without a payload, in which case

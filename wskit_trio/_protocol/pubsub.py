@@ -1,4 +1,4 @@
-"""Pub/sub on the wire between instances (protocol.md §9), and topic rules. Pure.
+"""Pub/sub on the wire between instances (docs/protocol.md §9), and topic rules. Pure.
 
 An :class:`Envelope` is what one instance publishes to the others (through
 Valkey) and what every instance turns into one delivery frame for its local

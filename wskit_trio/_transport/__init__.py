@@ -85,10 +85,13 @@ class UpgradeRequest:
         query: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             query.setdefault(key, value)
+        if not (isinstance(headers, tuple) and all(k.islower() for k, _ in headers)):
+            # (The server's headers come lower-cased already: shared, not copied.)
+            headers = tuple((k.lower(), v) for k, v in headers)
         return cls(
             path=parts.path or "/",
             query=query,
-            headers=tuple((k.lower(), v) for k, v in headers),
+            headers=headers,
             subprotocols=tuple(subprotocols),
             remote=remote,
             client_ip=client_ip,
@@ -105,7 +108,7 @@ class UpgradeRequest:
     @property
     def token(self) -> str | None:
         """The client's token: the ``access_token`` query parameter, else a ``bearer.<token>``
-        subprotocol (protocol.md §7)."""
+        subprotocol (docs/protocol.md §7)."""
         token = self.query.get("access_token")
         if token:
             return token

@@ -14,7 +14,7 @@ from .._errors import (
     RequestTimeout,
     RpcError,
 )
-from .._protocol.client_session import InboundMessage
+from .._protocol.session import InboundMessage
 from ._backoff import Backoff, Jitter
 from ._call import RequestStream
 from ._client import Client, open_client

@@ -25,9 +25,9 @@ from .._errors import ConnectionClosed, RpcError
 from .._groups import single_exception
 from .._options import options_as_keywords
 from .._protocol import frames
-from .._protocol.client_session import (
+from .._protocol.session import (
     ClientSession,
-    HeartbeatAck,
+    HeartbeatAcked,
     Ignored,
     InboundMessage,
     Problem,
@@ -369,7 +369,7 @@ class Client:
             case Unhandled(frame):
                 if self.options.on_unhandled is not None:
                     await self._dispatcher.deliver((self.options.on_unhandled,), frame)
-            case HeartbeatAck():
+            case HeartbeatAcked():
                 self._supervisor.heartbeat_acked()
             case Problem(error):
                 self._report(error)

@@ -1,7 +1,7 @@
 """Valkey for several instances: a small trio RESP client and pub/sub across instances.
 
 ``router.plugin(with_pubsub(ValkeyPubSub.from_url("valkey://host:6379")))`` makes
-publishes reach subscribers on every instance sharing that Valkey (protocol.md §9);
+publishes reach subscribers on every instance sharing that Valkey (docs/protocol.md §9);
 ``rate_limit(limiter=ValkeyRateLimiter.from_url(url, capacity=..., tokens_per_second=...))``
 makes them share rate-limit buckets.
 """
