@@ -33,7 +33,7 @@ from pubsub_app import (
 )
 from valkey_server import ValkeyServerProcess
 
-from wskit_trio import Limits, Metrics, OutboundValidationError, Router
+from wskit_trio import ConfigurationError, Limits, Metrics, OutboundValidationError, Router
 from wskit_trio._protocol import frames
 from wskit_trio._protocol import pubsub as protocol_pubsub
 from wskit_trio.pubsub import MemoryPubSub, PublishResult, PubSubBackend, TopicPolicy
@@ -446,3 +446,43 @@ async def test_stalled_subscriber_does_not_delay_the_others(
             # The stalled one holds 1 in its buffer, 1 in the writer, 4 queued.
             assert stats.dropped >= count - 6
             assert stalled.closed is None  # the "wait" policy drops, it does not close
+
+
+# -- who owns what ------------------------------------------------------------------------
+
+
+async def test_each_server_of_one_router_has_its_own_hub_on_the_shared_backend() -> None:
+    router = make_router()
+    routes_before = router.routes
+    with trio.fail_after(IO_TIMEOUT):
+        async with open_test_app(router) as one, open_test_app(router) as two:
+            # compile() left the router as it was: a registry, nothing live in it.
+            assert router.routes == routes_before
+            assert one.server.pubsub is not two.server.pubsub
+            subscriber = await one.connect()
+            await subscribe(subscriber, "shared")
+            assert one.server.pubsub.subscribers("shared") == 1
+            assert two.server.pubsub.subscribers("shared") == 0
+            # The memory backend joins the two servers, as Valkey joins instances.
+            result = await publish(await two.connect(), "shared", "across", seq=1)
+            assert result.payload["matched"] == 1
+            assert (await receive_news(subscriber)).payload == {"text": "across", "seq": 1}
+            # So does router.publish, from outside any connection.
+            assert (await router.publish("shared", NEWS, News("router", 2))).matched == 1
+            assert (await receive_news(subscriber)).payload == {"text": "router", "seq": 2}
+        # Stopped servers are detached from the backend: nobody is left to deliver to.
+        assert (await router.publish("shared", NEWS, News("nobody", 3))).matched == 0
+
+
+async def test_a_valkey_backend_serves_one_server_at_a_time(
+    valkey_server: ValkeyServerProcess,
+) -> None:
+    router = make_router(ValkeyPubSub.from_url(valkey_server.url, prefix="one:"))
+    with trio.fail_after(IO_TIMEOUT):
+        async with open_test_app(router):
+            with pytest.raises(ConfigurationError, match="give each server its own"):
+                async with open_test_app(router):
+                    pass  # pragma: no cover
+        # Once the first has stopped, another server may use it.
+        async with open_test_app(router) as again:
+            assert again.server.pubsub.statistics().subscriptions == 0
