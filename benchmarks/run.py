@@ -6,6 +6,12 @@ while the client has the other. All servers of a run are measured in the same
 run, one after the other, so the ratios compare like with like; echo and RPC are
 measured ``repeat`` times, round by round across the servers, and the best round
 of each is kept (the machine is shared, and noise only ever makes things slower).
+
+Beside the table's rows, for ``wskit`` (the delivery guarantees, delivery.md §10 to
+§12): a burst fan-out (one handler publishing in a loop; every subscriber must get
+every message, in order), the fan-out again on a server with history on and
+subscribers with positions (its ratio to the plain fan-out of the same run is a
+target), and the rate at which one reconnecting client is replayed what it missed.
 """
 
 from __future__ import annotations
@@ -52,6 +58,12 @@ class Settings:
     publish_window: int
     idle_connections: int
     repeat: int
+    #: Burst fan-out: one handler publishes ``burst_messages`` in a loop to a topic
+    #: with ``burst_subscribers`` subscribers.
+    burst_messages: int
+    burst_subscribers: int
+    #: Messages published while the reconnecting client is away, then replayed.
+    replay_messages: int
     #: Seconds a load command may take before the suite gives up on it.
     timeout: float = 300.0
 
@@ -67,6 +79,9 @@ FULL = Settings(
     publish_window=10,
     idle_connections=10_000,
     repeat=3,
+    burst_messages=2000,
+    burst_subscribers=200,
+    replay_messages=10_000,
 )
 QUICK = Settings(
     echo_seconds=1.0,
@@ -79,6 +94,9 @@ QUICK = Settings(
     publish_window=10,
     idle_connections=2000,
     repeat=1,
+    burst_messages=1000,
+    burst_subscribers=100,
+    replay_messages=10_000,
 )
 #: For the test run: every code path once, numbers meaningless.
 SMOKE = Settings(
@@ -92,6 +110,9 @@ SMOKE = Settings(
     publish_window=2,
     idle_connections=10,
     repeat=1,
+    burst_messages=20,
+    burst_subscribers=3,
+    replay_messages=50,
     timeout=60.0,
 )
 
@@ -145,11 +166,28 @@ class Results:
     rows: list[Row]
     cross_instance: float | None = None
     cross_instance_error: str | None = None
+    #: wskit only: burst fan-out deliveries/s (one handler publishing in a loop).
+    burst: float | None = None
+    burst_error: str | None = None
+    #: wskit only: the fan-out with history on, subscribers with positions.
+    history_fanout: float | None = None
+    history_fanout_error: str | None = None
+    #: wskit only: messages/s replayed to one reconnecting client.
+    replay: float | None = None
+    replay_error: str | None = None
     notes: list[str] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
 
     def row(self, name: str) -> Row | None:
         return next((r for r in self.rows if r.target.name == name), None)
+
+    @property
+    def history_ratio(self) -> float | None:
+        """History-on fan-out over the plain fan-out of the same run."""
+        wskit = self.row("wskit")
+        if self.history_fanout is None or wskit is None or not wskit.fanout:
+            return None
+        return self.history_fanout / wskit.fanout
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -363,6 +401,22 @@ def valkey_server() -> Iterator[str]:
 # -- the scenarios ------------------------------------------------------------------------------
 
 
+#: The wskit server with history on (``History(size=...)``, memory backend): its key
+#: among the running processes.
+HISTORY_SERVER = "wskit --history"
+
+
+def history_size(s: Settings) -> int:
+    """The history-on server's ``History.size``: the default (1,000), or enough to
+    keep every message the replay scenario publishes."""
+    return max(1000, s.replay_messages)
+
+
+def _start_history(s: Settings) -> Process:
+    argv = [sys.executable, "-m", "benchmarks.servers", "wskit"]
+    return Process([*argv, "--history", str(history_size(s))])
+
+
 def _start(target: Target, bun: str | None) -> Process:
     if target.name == "bun":
         assert bun is not None
@@ -418,7 +472,10 @@ def measure_rpc(load: Load, row: Row, process: Process, s: Settings) -> None:
         row.rpc_p50, row.rpc_p99 = result["p50_us"], result["p99_us"]
 
 
-def measure_fanout(load: Load, urls: list[str], s: Settings) -> dict[str, Any]:
+def measure_fanout(
+    load: Load, urls: list[str], s: Settings, *, join: bool = False
+) -> dict[str, Any]:
+    """``join``: subscribers join with positions (the server must keep history)."""
     return load(
         s.timeout,
         op="fanout",
@@ -428,8 +485,50 @@ def measure_fanout(load: Load, urls: list[str], s: Settings) -> dict[str, Any]:
         window=s.publish_window,
         topic="bench",
         expect="NEWS",
+        join=join,
         timeout=s.timeout,
     )
+
+
+def measure_history_fanout(load: Load, results: Results, process: Process) -> None:
+    result = measure_fanout(load, [_url(process)], results.settings, join=True)
+    if "error" in result:
+        results.history_fanout_error = str(result["error"])
+    else:
+        results.history_fanout = result["rate"]
+
+
+def measure_burst(load: Load, results: Results, process: Process) -> None:
+    s = results.settings
+    result = load(
+        s.timeout,
+        op="burst",
+        urls=[_url(process)],
+        subscribers=s.burst_subscribers,
+        count=s.burst_messages,
+        topic="burst",
+        timeout=s.timeout,
+    )
+    if "error" in result:
+        results.burst_error = str(result["error"])
+    else:
+        results.burst = result["rate"]
+
+
+def measure_replay(load: Load, results: Results, process: Process) -> None:
+    s = results.settings
+    result = load(
+        s.timeout,
+        op="replay",
+        url=_url(process),
+        count=s.replay_messages,
+        topic="replay",
+        timeout=s.timeout,
+    )
+    if "error" in result:
+        results.replay_error = str(result["error"])
+    else:
+        results.replay = result["rate"]
 
 
 def measure_memory(load: Load, row: Row, process: Process, s: Settings, count: int) -> None:
@@ -489,6 +588,9 @@ def run_suite(
         say("starting " + ", ".join(row.target.label for row in results.rows))
         for row in results.rows:
             processes[row.target.name] = _start(row.target, bun_path)
+        wskit = results.row("wskit")
+        if wskit is not None:
+            processes[HISTORY_SERVER] = _start_history(settings)
         for process in processes.values():
             process.wait_ready()
         for round_ in range(settings.repeat):
@@ -503,6 +605,25 @@ def run_suite(
                 result = measure_fanout(load, [_url(process, row.target.fanout_path)], settings)
                 if not _note_error(row, "fan-out", result):
                     row.fanout = result["rate"]
+            if row is wskit:
+                # Right after the plain one, for the ratio: a server with history on.
+                say(f"fan-out to {settings.subscribers}, history on: {row.target.label}")
+                measure_history_fanout(load, results, processes[HISTORY_SERVER])
+        if wskit is not None:
+            say(
+                f"burst fan-out, a handler publishing {settings.burst_messages:,} to "
+                f"{settings.burst_subscribers}: {wskit.target.label}"
+            )
+            measure_burst(load, results, processes["wskit"])
+            say(f"replay of {settings.replay_messages:,} to a reconnecting client, history on")
+            measure_replay(load, results, processes[HISTORY_SERVER])
+            for what, error in (
+                ("history-on fan-out", results.history_fanout_error),
+                ("burst fan-out", results.burst_error),
+                ("replay", results.replay_error),
+            ):
+                if error is not None:
+                    wskit.errors.append(f"{what}: {error}")
         for process in processes.values():
             process.stop()
         processes.clear()
@@ -616,6 +737,8 @@ def render(results: Results) -> str:
             f"{_num(row.echo_cpu, 1)} | {rpc} | "
             f"{_num(row.fanout) if row.target.fanout else '—'} | {memory} |"
         )
+    if results.row("wskit") is not None:
+        lines += delivery_rows(results)
     if results.cross_instance is not None or results.cross_instance_error is not None:
         value = (
             _num(results.cross_instance)
@@ -625,7 +748,8 @@ def render(results: Results) -> str:
         lines.append(
             f"| wskit_trio in 2 processes, pub/sub through Valkey | — | — | — | — | {value} | — |"
         )
-    lines += ["", *targets_report(results)]
+    replay = replay_line(results)
+    lines += ["", *([replay, ""] if replay else []), *targets_report(results)]
     problems = [f"{row.target.label}: {error}" for row in results.rows for error in row.errors]
     if results.notes or problems:
         lines += ["", "Notes:", *(f"- {note}" for note in [*results.notes, *problems])]
@@ -635,6 +759,42 @@ def render(results: Results) -> str:
         f"process; echo and RPC best of {s.repeat} round(s).",
     ]
     return "\n".join(lines)
+
+
+def _measured(value: float | None, error: str | None) -> str:
+    if value is not None:
+        return _num(value)
+    return "failed (see notes)" if error is not None else "n/a"
+
+
+def delivery_rows(results: Results) -> list[str]:
+    """The burst and history-on fan-out rows (wskit_trio, wsproto transport)."""
+    s = results.settings
+    history = _measured(results.history_fanout, results.history_fanout_error)
+    burst = _measured(results.burst, results.burst_error)
+    return [
+        f"| wskit_trio, history on (History(size={history_size(s):,}), subscribers with "
+        f"positions) | — | — | — | — | {history} | — |",
+        f"| wskit_trio, burst: one handler publishing {s.burst_messages:,} in a loop "
+        f"(1 → {s.burst_subscribers}, all in order) | — | — | — | — | {burst} | — |",
+    ]
+
+
+def replay_line(results: Results) -> str | None:
+    """The replay rate to one reconnecting client, if it was measured."""
+    s = results.settings
+    if results.replay is None and results.replay_error is None:
+        return None
+    what = (
+        f"{_num(results.replay)} messages/s"
+        if results.replay is not None
+        else f"failed ({results.replay_error})"
+    )
+    return (
+        f"Replay to one reconnecting client (wskit_trio, history on): {what}, "
+        f"{s.replay_messages:,} messages missed while away, from its JOIN with "
+        f"`since` to the last of them (recovered, offsets consecutive)."
+    )
 
 
 def targets_report(results: Results) -> list[str]:
@@ -651,6 +811,9 @@ def targets_report(results: Results) -> list[str]:
 
     def at_least(a: float | None, b: float | None, factor: float) -> bool | None:
         return None if a is None or not b else a >= factor * b
+
+    def outcome(value: float | None, error: str | None) -> bool | None:
+        return None if value is None and error is None else error is None
 
     bare, adapter = echo_of("bare-wsproto"), echo_of("wskit-trio-websocket")
     bun = results.row("bun")
@@ -669,6 +832,13 @@ def targets_report(results: Results) -> list[str]:
         f"{check(at_least(wskit.fanout, broadcast, 1))}",
         f"- under 20 KiB per idle connection: {_num(wskit.memory_kib, 1)} KiB, "
         f"{check(None if wskit.memory_kib is None else wskit.memory_kib < 20)}",
+        f"- fan-out with history on ≥ 0.75x the plain fan-out (same run): "
+        f"{_ratio(results.history_fanout, wskit.fanout)}, "
+        f"{check(at_least(results.history_fanout, wskit.fanout, 0.75))}",
+        f"- burst fan-out: every subscriber gets all {results.settings.burst_messages:,}, "
+        f"in order: {check(outcome(results.burst, results.burst_error))}",
+        f"- replay: recovered, every missed message, offsets consecutive: "
+        f"{check(outcome(results.replay, results.replay_error))}",
         "",
         "The aim beyond them: ahead of WS-Kit on Bun and of asyncio's websockets.",
         f"- echo above WS-Kit on Bun: {_ratio(wskit.echo, echo_of('bun'))}, "
@@ -703,5 +873,13 @@ def to_json(results: Results) -> dict[str, Any]:
         ],
         "cross_instance_fanout_per_s": results.cross_instance,
         "cross_instance_error": results.cross_instance_error,
+        "history_fanout_per_s": results.history_fanout,
+        "history_fanout_error": results.history_fanout_error,
+        "history_vs_plain_fanout": results.history_ratio,
+        "history_size": history_size(results.settings),
+        "burst_fanout_per_s": results.burst,
+        "burst_error": results.burst_error,
+        "replay_per_s": results.replay,
+        "replay_error": results.replay_error,
         "notes": results.notes,
     }

@@ -1,12 +1,15 @@
 """The servers the benchmarks measure, one per process.
 
-    python -m benchmarks.servers KIND [--port N] [--valkey URL --prefix P]
+    python -m benchmarks.servers KIND [--port N] [--valkey URL --prefix P] [--history SIZE]
 
 prints ``READY <port>`` once it listens, then serves until killed. Kinds:
 
 * ``wskit`` / ``wskit-trio-websocket``: the benchmark app (:mod:`benchmarks.app`) on
   ``serve()``, with the wsproto transport (the default) or the trio-websocket one;
-  ``--valkey`` makes its pub/sub go through Valkey (cross-instance fan-out).
+  ``--valkey`` makes its pub/sub go through Valkey (cross-instance fan-out);
+  ``--history SIZE`` keeps every topic's last SIZE messages (``History(size=SIZE)``,
+  on the memory backend unless ``--valkey``), for ``JOIN`` with positions and
+  recovery.
 * ``bare-wsproto``: the baseline loop written directly on trio streams and wsproto,
   the way one usually writes it: read, parse, answer each message with its own
   ``send_all``. No router, no validation: it echoes every message as it is.
@@ -40,7 +43,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from wskit_trio import Server, serve
+from wskit_trio import History, Server, serve
 from wskit_trio.valkey import ValkeyPubSub
 
 from .app import make_router
@@ -64,9 +67,11 @@ def _ready(port: int) -> None:
 # -- wskit_trio ---------------------------------------------------------------------------
 
 
-async def run_wskit(port: int, transport: str, valkey: str | None, prefix: str) -> None:
+async def run_wskit(
+    port: int, transport: str, valkey: str | None, prefix: str, history: int | None = None
+) -> None:
     backend = ValkeyPubSub.from_url(valkey, prefix=prefix) if valkey is not None else None
-    router = make_router(backend)
+    router = make_router(backend, history=History(size=history) if history is not None else None)
     async with trio.open_nursery() as nursery:
         server: Server[None] = await nursery.start(
             serve(
@@ -206,11 +211,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--valkey", default=None)
     parser.add_argument("--prefix", default="wskit-bench:")
+    parser.add_argument(
+        "--history",
+        type=int,
+        metavar="SIZE",
+        default=None,
+        help="wskit kinds: keep every topic's last SIZE messages (positions, recovery)",
+    )
     args = parser.parse_args(argv)
+    if args.history is not None and not args.kind.startswith("wskit"):
+        parser.error("--history is for the wskit kinds")
     if args.kind == "wskit":
-        trio.run(run_wskit, args.port, "wsproto", args.valkey, args.prefix)
+        trio.run(run_wskit, args.port, "wsproto", args.valkey, args.prefix, args.history)
     elif args.kind == "wskit-trio-websocket":
-        trio.run(run_wskit, args.port, "trio-websocket", args.valkey, args.prefix)
+        trio.run(run_wskit, args.port, "trio-websocket", args.valkey, args.prefix, args.history)
     elif args.kind == "bare-wsproto":
         trio.run(run_bare_wsproto, args.port)
     elif args.kind == "bare-wsproto-batched":

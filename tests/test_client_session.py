@@ -300,3 +300,12 @@ def test_message_meta() -> None:
         message_meta(in_room, {"roomId": 5}, 7)
     with pytest.raises(OutboundValidationError, match="expected a mapping"):
         message_meta(PING, ["roomId"], 7)
+
+
+def test_message_meta_drops_the_position_keys() -> None:
+    """``topic``, ``offset`` and ``epoch`` are the server's to stamp (delivery.md
+    §11.4): like ``clientId``, what a caller puts there is not sent."""
+    stamped = {"topic": "room:1", "offset": 4, "epoch": "e", "timestamp": 1}
+    assert message_meta(PING, stamped, 7) == {"timestamp": 1}
+    in_room = message("SAY", Ping, meta=RoomMeta)
+    assert message_meta(in_room, {**stamped, "roomId": "r1"}, 7) == {"timestamp": 1, "roomId": "r1"}

@@ -20,7 +20,15 @@ from ._schema import MessageSchema, RpcSchema, message, rpc
 from ._server import Server, ServerStatistics, TransportName, serve
 from ._transport import UpgradeRequest
 from .middleware import Metrics, MetricsStatistics, log_messages, require_auth
-from .pubsub import MemoryPubSub, PublishResult, TopicPolicy, with_pubsub
+from .pubsub import (
+    History,
+    MemoryPubSub,
+    Position,
+    PublishResult,
+    Recovery,
+    TopicPolicy,
+    with_pubsub,
+)
 from .ratelimit import (
     MemoryRateLimiter,
     RateLimitDecision,
@@ -32,6 +40,7 @@ from .ratelimit import (
 )
 
 __all__ = [
+    "History",
     "ERROR_CODE_META",
     "CloseError",
     "ConfigurationError",
@@ -52,7 +61,9 @@ __all__ = [
     "Next",
     "OutboundValidationError",
     "OutboxStatistics",
+    "Position",
     "PublishResult",
+    "Recovery",
     "QueuePolicy",
     "RateLimitDecision",
     "RateLimited",

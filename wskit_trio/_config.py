@@ -36,6 +36,10 @@ class Limits:
     #: that sends large requests and reads no answers holds at most this much.
     outbound_queue_bytes: int = 8 * 1024 * 1024
     outbound_policy: QueuePolicy = "wait"
+    #: How long a publish may wait for room in one subscriber's full queue before
+    #: that subscriber is cut off with 1013 (delivery.md §10.3): publishers are
+    #: slowed, subscribers are never robbed silently.
+    slow_consumer_timeout: float = 5.0
     #: Graceful shutdown: how long in-flight RPCs may run before they are cancelled.
     shutdown_grace: float = 10.0
     #: How long a close handshake (or an ``on_close`` hook) may take before we give up.

@@ -104,6 +104,26 @@ class Connection(Generic[D]):
     def send_nowait(self, frame: str) -> bool:
         return self._outbox.put_nowait(frame)
 
+    async def send_within(self, frame: str, patience: float) -> bool:
+        return await self._outbox.put_within(frame, patience)
+
+    def send_replacing(self, frame: str) -> bool:
+        return self._outbox.put_replacing(frame)
+
+    def cut_off(self, code: int, reason: str) -> None:
+        """Close a client that cannot keep up, visibly: the frames queued for it are
+        dropped, what the writer already holds goes out, then the close frame; its
+        RPCs are cancelled. A client that reads nothing more is cut after
+        ``limits.close_timeout``."""
+        if self._outbox.closed:
+            return
+        self._close_code, self._close_reason = code, reason
+        self._outbox.close(discard=True)
+        self._cancel_rpcs()
+        if self._nursery is not None and not self._finished.is_set():
+            with contextlib.suppress(RuntimeError):  # the nursery is already closing
+                self._nursery.start_soon(self._cut_off_after_close_timeout)
+
     # -- lifecycle ----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -291,14 +311,8 @@ class Connection(Generic[D]):
         await self.router.report(
             WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Outbound queue full"), self.context
         )
-        # Queued frames are dropped; what the writer already holds goes out, then the
-        # 1008 close, so a slow (not dead) client learns why. A client that reads
-        # nothing more is cut off after close_timeout.
-        self._close_code, self._close_reason = 1008, "slow consumer"
-        self._outbox.close(discard=True)
-        self._cancel_rpcs()
-        await trio.sleep(self.limits.close_timeout)
-        self.abort(1008, "slow consumer")
+        # The "close" policy: the client learns why (1008), see ``cut_off``.
+        self.cut_off(1008, "slow consumer")
 
     async def _heartbeat_loop(self, heartbeat: Heartbeat) -> None:
         while True:
@@ -363,7 +377,9 @@ class Connection(Generic[D]):
         if self._rpcs_idle.is_set():
             self._rpcs_idle = trio.Event()
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_rpc, start.route, ctx)
+        # Started, not just scheduled: the handler runs up to its first blocking wait
+        # (a publish, say) before the next frame is dispatched (delivery.md §10.1).
+        await self._nursery.start(self._run_rpc, start.route, ctx)
 
     async def _refuse(self, refusal: Refuse) -> None:
         code, message, details, cid = (
@@ -392,7 +408,13 @@ class Connection(Generic[D]):
             log.exception("handler for %s failed", ctx.type)
             await self._fail(ctx, _internal(exc))
 
-    async def _run_rpc(self, route: Route, ctx: RpcContext[Any, Any, D]) -> None:
+    async def _run_rpc(
+        self,
+        route: Route,
+        ctx: RpcContext[Any, Any, D],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
         try:
             with ctx.cancel_scope:
                 try:

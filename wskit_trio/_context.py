@@ -12,7 +12,7 @@ outbound queue.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import attrs
 import trio
@@ -22,7 +22,7 @@ from ._handle import ConnectionHandle, ConnectionStatistics
 from ._outbound import FrameKind
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
-from ._protocol.pubsub import PublishResult
+from ._protocol.pubsub import Position, PublishResult, Recovery
 from ._protocol.validation import unstructure
 from ._schema import MessageSchema
 
@@ -60,9 +60,28 @@ class Topics:
     def __init__(self, ctx: ConnectionContext[Any]) -> None:
         self._ctx = ctx
 
-    async def subscribe(self, topic: str) -> None:
+    @overload
+    async def subscribe(self, topic: str) -> None: ...
+    @overload
+    async def subscribe(
+        self, topic: str, *, positions: Literal[True], since: Position | None = None
+    ) -> Recovery: ...
+    @overload
+    async def subscribe(
+        self, topic: str, *, positions: bool = False, since: Position
+    ) -> Recovery: ...
+    async def subscribe(
+        self, topic: str, *, positions: bool = False, since: Position | None = None
+    ) -> Recovery | None:
+        """Subscribe; returns once the backend confirmed the topic.
+
+        With ``positions=True`` or ``since=Position(...)`` (a topic with history), the
+        frames of this topic carry ``meta.topic/offset/epoch`` and the answer is a
+        :class:`Recovery`: with ``since``, every message after it is replayed first
+        when the history still holds them all (``recovered``), with no gap and no
+        duplicate before the live ones (delivery.md §12)."""
         conn = self._ctx._conn
-        await conn.pubsub.subscribe(conn, topic, self._ctx)
+        return await conn.pubsub.subscribe(conn, topic, self._ctx, positions=positions, since=since)
 
     async def unsubscribe(self, topic: str) -> None:
         conn = self._ctx._conn

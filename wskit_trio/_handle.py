@@ -16,7 +16,7 @@ import attrs
 from ._outbound import FrameKind, OutboxStatistics
 
 if TYPE_CHECKING:
-    from ._protocol.pubsub import PublishResult
+    from ._protocol.pubsub import Position, PublishResult, Recovery
     from ._schema import MessageSchema
     from ._transport import UpgradeRequest
 
@@ -38,7 +38,15 @@ class Subscriptions(Protocol):
     """The server's pub/sub hub, as a connection's contexts use it. ``ctx`` is the
     context asking (the topic policy's ``authorize`` hook gets it)."""
 
-    async def subscribe(self, conn: ConnectionHandle, topic: str, ctx: object) -> None: ...
+    async def subscribe(
+        self,
+        conn: ConnectionHandle,
+        topic: str,
+        ctx: object,
+        *,
+        positions: bool = False,
+        since: Position | None = None,
+    ) -> Recovery | None: ...
 
     async def unsubscribe(self, conn: ConnectionHandle, topic: str, ctx: object) -> None: ...
 
@@ -78,7 +86,20 @@ class ConnectionHandle(Protocol):
         ...
 
     def send_nowait(self, frame: str) -> bool:
-        """Queue a frame without waiting (pub/sub fan-out); ``False`` if dropped."""
+        """Queue a frame without waiting; ``False`` if the queue refused it."""
+        ...
+
+    async def send_within(self, frame: str, patience: float) -> bool:
+        """Queue a frame, waiting at most ``patience`` seconds for room (pub/sub
+        fan-out); ``False`` if nothing was queued."""
+        ...
+
+    def send_replacing(self, frame: str) -> bool:
+        """Queue a frame that supersedes older ones: when full, the oldest make room."""
+        ...
+
+    def cut_off(self, code: int, reason: str) -> None:
+        """Close a client that cannot keep up: queued frames dropped, close ``code``."""
         ...
 
     def close_soon(self, code: int = 1000, reason: str = "") -> None:

@@ -121,12 +121,10 @@ class Outbox:
     def put_nowait(self, frame: str, kind: FrameKind = FrameKind.PLAIN) -> bool:
         """Queue without waiting. Returns ``False`` if the frame was not queued.
 
-        Under ``"wait"`` a full queue refuses the frame (counted as dropped);
-        callers that must not block (pub/sub fan-out) use this.
+        Under ``"wait"`` a full queue refuses the frame (counted as dropped).
         """
         if self._closed:
             return False
-        frames = self._frames
         if kind is not FrameKind.TERMINAL and self._full():
             if self.policy == "close":
                 self._overflow()
@@ -135,6 +133,10 @@ class Outbox:
             if self.policy == "wait" or not self._evict_until_room():
                 self.dropped += 1
                 return False
+        return self._append(frame, kind)
+
+    def _append(self, frame: str, kind: FrameKind) -> bool:
+        frames = self._frames
         frames.append((frame, kind))
         self._bytes += len(frame)
         if self._bytes > self.high_water_bytes:
@@ -166,6 +168,27 @@ class Outbox:
         if self.burst_task is None or self.burst_task is not trio.lowlevel.current_task():
             await trio.lowlevel.cancel_shielded_checkpoint()
         return queued
+
+    async def put_within(self, frame: str, patience: float) -> bool:
+        """Queue a plain frame, waiting at most ``patience`` seconds for room (a pub/sub
+        delivery to a slow subscriber: delivery.md §10.3). ``False`` if there was no
+        room in time, or the outbox closed: nothing was queued."""
+        if not self._full() or self.policy != "wait":
+            return self.put_nowait(frame)
+        with trio.move_on_after(patience):
+            while self._full() and not self._closed:
+                await self._writable.park()
+            return self.put_nowait(frame)
+        return False
+
+    def put_replacing(self, frame: str) -> bool:
+        """Queue a frame whose messages supersede older ones (the ``drop_oldest``
+        opt-in of a topic): when full, the oldest droppable frames make room."""
+        if self._closed:
+            return False
+        if self._full():
+            self._evict_until_room()
+        return self._append(frame, FrameKind.PLAIN)
 
     async def wait_room(self) -> bool:
         """Wait until the queue is below capacity, before queueing frames the policy

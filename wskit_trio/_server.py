@@ -101,7 +101,11 @@ class Server(Generic[D]):
         self._router = attrs.evolve(compiled, on_error=(*compiled.on_error, *error_hooks))
         #: This server's pub/sub hub: its connections' subscriptions, on the router's
         #: backend (``with_pubsub``). ``statistics()`` and ``subscribers(topic)``.
-        self.pubsub = PubSubHub(self._router.pubsub, self._router.observer)
+        self.pubsub = PubSubHub(
+            self._router.pubsub,
+            self._router.observer,
+            slow_consumer_timeout=limits.slow_consumer_timeout,
+        )
         self._authenticate = authenticate
         self._subprotocols = tuple(subprotocols)
         self.limits = limits

@@ -5,30 +5,58 @@
 works through a list of items against the misbehaving server (see server.py)
 and prints every retry: the error, the server's hint and how long it waited.
 At the end the server's total is the sum of all items: each applied once.
+
+Two parts, both reusable:
+
+* :class:`WorkRunner` (the app's job): retries each item until it is done,
+  obeying the server's ``retryAfterMs`` and backing off with jitter; the item's
+  idempotency key makes a retry after a lost reply safe.
+* :class:`Ledger` (the toolkit's recovery): the client's view of every item
+  applied, kept by following the server's ``ledger`` topic. Its ``on_connect``
+  hook sends ``FOLLOW`` with ``client.position(LEDGER)`` on every (re)connect:
+  after a dropped connection the server replays what was missed
+  (``recovered: true``); after a server restart the history is gone
+  (``recovered: false``) and the view is reloaded from the snapshot the server
+  sends.
 """
 
 from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
+from wskit_trio import Position
 from wskit_trio.client import (
     Backoff,
     Client,
     ClientState,
     ConnectError,
     ConnectionClosed,
+    InboundMessage,
     Reconnect,
     RequestTimeout,
     RpcError,
     open_client,
 )
 
-from .server import APPLY, Done, Work
+from .server import (
+    APPLIED,
+    APPLY,
+    FOLLOW,
+    LEDGER,
+    LEDGER_SNAPSHOT,
+    Applied,
+    Done,
+    Follow,
+    Following,
+    LedgerSnapshot,
+    Work,
+)
 
 #: Reconnect after a lost connection: full jitter, 0.1 s doubling up to 2 s, so a
 #: crowd of clients that lost the same server does not come back all at once.
@@ -99,6 +127,98 @@ class WorkRunner:
         """Called before each retry's wait (the demo prints it)."""
 
 
+class Ledger:
+    """The client's view of the server's ledger: the total and the number of items
+    applied, from every ``APPLIED`` once, in order, or from a snapshot when the
+    server could not replay what was missed.
+
+    ``open_client(on_connect=ledger.follow)``, then :meth:`attach` first thing in
+    the block (``wait_open=False``), so the handlers are in before the first answer.
+    """
+
+    def __init__(self, on_follow: Callable[[Following], None] | None = None) -> None:
+        self.on_follow = on_follow
+        self.total = 0
+        self.items = 0
+        #: Where the view stands: the last ``APPLIED`` applied, or the snapshot loaded.
+        self.position: Position | None = None
+        #: The position of every ``APPLIED`` applied, in order.
+        self.applied: list[Position] = []
+        #: The keys of those ``APPLIED``, in the same order.
+        self.keys: list[str] = []
+        #: Where every ``FOLLOW`` asked to start from, and the server's answer to it
+        #: (one of each per connection).
+        self.asked: list[Position | None] = []
+        self.follows: list[Following] = []
+        #: Every snapshot loaded (the first follow, and each that could not recover).
+        self.reloads: list[LedgerSnapshot] = []
+        #: ``APPLIED`` messages whose total disagreed with this view's: a message
+        #: missed or applied twice would show here.
+        self.mismatches = 0
+        self._changed = trio.Event()
+
+    def attach(self, client: Client) -> None:
+        client.on(APPLIED, self._on_applied)
+        client.on(LEDGER_SNAPSHOT, self._on_snapshot)
+
+    async def follow(self, client: Client) -> None:
+        """The ``on_connect`` hook: follow the ledger from the last position received."""
+        since = client.position(LEDGER)
+        self.asked.append(since)
+        following = await client.request(FOLLOW, Follow(since), timeout=10)
+        self.follows.append(following)
+        if self.on_follow is not None:
+            self.on_follow(following)
+        self._notify()
+
+    async def wait_until(self, predicate: Callable[[Ledger], bool]) -> None:
+        """Wait until ``predicate(self)`` holds (checked after every change)."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    def _on_applied(self, msg: InboundMessage[Applied]) -> None:
+        assert msg.position is not None, "followed with positions"
+        applied = msg.payload
+        self.total += applied.amount
+        self.items += 1
+        if self.total != applied.total:
+            self.mismatches += 1
+        self.position = msg.position
+        self.applied.append(msg.position)
+        self.keys.append(applied.key)
+        self._notify()
+
+    def _on_snapshot(self, msg: InboundMessage[LedgerSnapshot]) -> None:
+        snapshot = msg.payload
+        self.total, self.items, self.position = snapshot.total, snapshot.items, snapshot.position
+        self.reloads.append(snapshot)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+@asynccontextmanager
+async def open_worker(
+    url: str,
+    *,
+    reconnect: Reconnect = RECONNECT,
+    on_error: Callable[[Exception], None] | None = None,
+    on_follow: Callable[[Following], None] | None = None,
+) -> AsyncIterator[tuple[Client, Ledger]]:
+    """A client that follows the ledger, for the block (it starts once the first
+    ``FOLLOW`` is answered): run a :class:`WorkRunner` on it."""
+    ledger = Ledger(on_follow)
+    # wait_open=False: the handlers go in before the first FOLLOW brings a snapshot.
+    async with open_client(
+        url, reconnect=reconnect, on_error=on_error, on_connect=ledger.follow, wait_open=False
+    ) as client:
+        ledger.attach(client)
+        await ledger.wait_until(lambda view: bool(view.follows))
+        yield client, ledger
+
+
 def make_work(count: int, run: str | None = None) -> list[Work]:
     """``count`` items with amounts 1..count and keys unique to this run."""
     run = run or uuid.uuid4().hex[:8]
@@ -116,17 +236,35 @@ async def main(url: str, count: int) -> None:
         if isinstance(exc, ConnectError):
             print(f"  reconnect failed ({exc}); backing off", flush=True)
 
-    async with open_client(url, reconnect=RECONNECT, on_error=on_error) as client:
+    follows = 0
+
+    def on_follow(following: Following) -> None:
+        nonlocal follows
+        follows += 1
+        at = f"#{following.position.offset}"
+        if follows == 1:
+            how = "loaded from the server's store"
+        elif following.recovered:
+            how = f"recovered: {following.replayed} missed, replayed"
+        else:
+            how = "not recovered (a restarted server lost the history): reloaded from its store"
+        print(f"  following the ledger at {at}, {how}", flush=True)
+
+    async with open_worker(url, on_error=on_error, on_follow=on_follow) as (client, ledger):
         runner = PrintingRunner(client)
         work = make_work(count)
+        total = 0
         for item in work:
             done = await runner.apply(item)
+            total = done.total
             note = " (already applied: the earlier reply was lost)" if done.duplicate else ""
             print(f"{done.key}: +{item.amount} -> total {done.total}{note}", flush=True)
+        await ledger.wait_until(lambda view: view.total >= total)  # the last APPLIED is in
         print(
             f"{count} items done with {len(runner.retries)} retries and "
             f"{client.statistics().connects} connections; their sum is "
-            f"{sum(item.amount for item in work)}"
+            f"{sum(item.amount for item in work)}; the ledger followed says "
+            f"{ledger.total} ({ledger.mismatches} mismatches, {len(ledger.reloads)} loads)"
         )
 
 

@@ -7,10 +7,19 @@ do now and then (:class:`Faults`):
 * ``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED`` with ``retryAfterMs``: nothing was
   applied; the client waits at least that long (jittered backoff on top) and
   sends the item again.
-* a crash: the item is applied, then the server goes down before the reply goes
-  out, and comes back on the same port a little later. The client reconnects
-  with jittered backoff and sends the item again; the server recognises the key
-  and answers with the result it already has instead of applying it twice.
+* a crash: the item is applied, then the server goes down before it announces
+  it or replies, and comes back on the same port a little later. The client
+  reconnects with jittered backoff and sends the item again; the server
+  recognises the key and answers with the result it already has instead of
+  applying it twice.
+
+Every item applied is also announced on the ``ledger`` topic (``APPLIED``), which
+keeps a history (``with_pubsub(history=History(...))``). Clients follow it
+(``FOLLOW {since}``): after a dropped connection the toolkit replays what they
+missed, with no gap and no duplicate (``recovered: true``). A restarted server
+has lost that history (it lived in the old process's memory: the topic's epoch
+is new), so a client that comes back gets ``recovered: false`` and a
+``LEDGER_SNAPSHOT`` read from the store, and reloads its view from it.
 
 What must survive a restart (the applied items) lives in a :class:`Store`
 passed to :func:`build_router`, outside the router, as a real app keeps it in
@@ -32,12 +41,26 @@ from typing import Literal, TypeAlias
 import attrs
 import trio
 
-from wskit_trio import Router, RpcContext, Server, WsKitError, rpc, serve
+from wskit_trio import (
+    History,
+    Position,
+    Router,
+    RpcContext,
+    Server,
+    WsKitError,
+    message,
+    rpc,
+    serve,
+    with_pubsub,
+)
 
 #: The hint each injected error carries.
 RETRY_AFTER_MS: dict[str, int] = {"UNAVAILABLE": 80, "RESOURCE_EXHAUSTED": 150}
 #: How long the demo server stays down after a crash.
 DOWNTIME = 1.0
+
+#: The topic every applied item is announced on.
+LEDGER = "ledger"
 
 Fault: TypeAlias = Literal["UNAVAILABLE", "RESOURCE_EXHAUSTED", "CRASH"]
 
@@ -57,7 +80,50 @@ class Done:
     duplicate: bool
 
 
+@attrs.frozen
+class Applied:
+    """Server → ledger followers: ``key`` was applied, adding ``amount``; ``total`` is
+    the running total right after it (a follower checks its own sum against it).
+    Its place in the ledger is its position (``meta.offset``), stamped by the toolkit."""
+
+    key: str
+    amount: int
+    total: int
+
+
+@attrs.frozen
+class Follow:
+    """Client → server, on every connection: follow the ledger from ``since``, the
+    last position the client received (``None``: from now, with a snapshot)."""
+
+    since: Position | None = None
+
+
+@attrs.frozen
+class Following:
+    """The subscription's :class:`~wskit_trio.Recovery`: whether what was missed was
+    replayed (``replayed`` messages, just before this answer), and the position the
+    subscription is live from."""
+
+    recovered: bool
+    position: Position
+    replayed: int
+
+
+@attrs.frozen
+class LedgerSnapshot:
+    """Server → a follower that could not recover: the store's ``total`` and number
+    of ``items`` as of ``position`` (what comes after it arrives live)."""
+
+    total: int
+    items: int
+    position: Position
+
+
 APPLY = rpc("APPLY", Work, "DONE", Done)
+FOLLOW = rpc("FOLLOW", Follow, "FOLLOWING", Following)
+APPLIED = message("APPLIED", Applied)
+LEDGER_SNAPSHOT = message("LEDGER_SNAPSHOT", LedgerSnapshot)
 
 
 class Store:
@@ -78,6 +144,11 @@ class Store:
         self.results[work.key] = self.total
         self.applied[work.key] += 1
         return Done(work.key, self.total, duplicate=False)
+
+    @property
+    def items(self) -> int:
+        """How many items have been applied."""
+        return len(self.results)
 
 
 @attrs.frozen
@@ -118,9 +189,17 @@ class Faults:
         self.log.append(Attempt(key, trio.current_time(), outcome, retry_after_ms))
 
 
-def build_router(store: Store, faults: Faults | None = None) -> Router[None]:
+def build_router(
+    store: Store, faults: Faults | None = None, history_size: int = 1000
+) -> Router[None]:
+    """The router of one server process. Each call has its own (memory) pub/sub,
+    so a server started after a crash has a new, empty ledger history: a new epoch."""
     faults = faults or Faults()
     router: Router[None] = Router()
+    router.plugin(with_pubsub(history=History(size=history_size, ttl=3600.0)))
+    #: Held while an item is applied and announced, and while a client starts
+    #: following: a snapshot is then exactly the store at its position.
+    ledger_lock = trio.Lock()
 
     @router.rpc(APPLY)
     async def apply(ctx: RpcContext[Work, Done, None]) -> None:
@@ -130,14 +209,31 @@ def build_router(store: Store, faults: Faults | None = None) -> Router[None]:
             hint = RETRY_AFTER_MS[fault]
             faults.record(work.key, fault, hint)
             raise WsKitError(fault, "Injected: try again later", retry_after_ms=hint)
-        done = store.apply(work)  # idempotent: a key seen before is not applied again
+        async with ledger_lock:
+            done = store.apply(work)  # idempotent: a key seen before is not applied again
+            if not done.duplicate and fault != "CRASH":
+                # (The memory backend always takes it; with one that may fail, a real
+                # app would announce from an outbox kept in its database.)
+                await ctx.publish(LEDGER, APPLIED, Applied(work.key, work.amount, done.total))
         if fault == "CRASH":
-            # Applied, and then the server dies before it can answer.
+            # Applied, and then the server dies before it can announce it or answer.
             faults.record(work.key, "crash")
             faults.crashed.set()
             await trio.sleep_forever()
         faults.record(work.key, "duplicate" if done.duplicate else "applied")
         await ctx.reply(done)
+
+    @router.rpc(FOLLOW)
+    async def follow(ctx: RpcContext[Follow, Following, None]) -> None:
+        async with ledger_lock:  # nothing is applied meanwhile
+            # Replays what was missed since ``since`` (before returning), or, when the
+            # history cannot (it was lost in a restart), says so: then the store's
+            # state goes out instead.
+            recovery = await ctx.topics.subscribe(LEDGER, positions=True, since=ctx.payload.since)
+            if not recovery.recovered:
+                snapshot = LedgerSnapshot(store.total, store.items, recovery.position)
+                await ctx.send(LEDGER_SNAPSHOT, snapshot)
+        await ctx.reply(Following(recovery.recovered, recovery.position, recovery.replayed))
 
     return router
 

@@ -44,8 +44,9 @@ PROGRESS_TYPE: Final = "$ws:rpc-progress"
 ERROR_TYPE: Final = "ERROR"
 RPC_ERROR_TYPE: Final = "RPC_ERROR"
 
-#: Server-assigned meta keys; deleted from inbound meta so clients cannot spoof them.
-RESERVED_META_KEYS: Final = frozenset({"clientId", "receivedAt"})
+#: Server-assigned meta keys (the last three are pub/sub positions, delivery.md
+#: §11.4); deleted from inbound meta so clients cannot spoof them.
+RESERVED_META_KEYS: Final = frozenset({"clientId", "receivedAt", "topic", "offset", "epoch"})
 #: Meta keys every schema accepts, with their JSON checks.
 STANDARD_META_KEYS: Final = frozenset({"timestamp", "correlationId", "timeoutMs"})
 _ROOT_KEYS: Final = frozenset({"type", "meta", "payload"})

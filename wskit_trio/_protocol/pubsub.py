@@ -8,6 +8,7 @@ subscribers.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Final, Literal, TypeAlias
 
 import attrs
@@ -18,17 +19,80 @@ from .frames import NO_PAYLOAD, encode_frame
 __all__ = [
     "DEFAULT_TOPIC_PATTERN",
     "NO_PAYLOAD",
+    "POSITION_META_KEYS",
     "Capability",
     "Envelope",
+    "History",
+    "HistorySlice",
+    "Position",
     "PublishResult",
+    "Recovery",
     "check_topic",
 ]
+
+#: Meta keys the server stamps on a delivery to a subscription with positions
+#: (delivery.md §11.4); reserved: clients cannot send them, schemas cannot declare them.
+POSITION_META_KEYS: Final = frozenset({"topic", "offset", "epoch"})
 
 #: Topics are short, printable and free of wildcards by default.
 DEFAULT_TOPIC_PATTERN: Final = re.compile(r"^[A-Za-z0-9:_./-]{1,128}$")
 
 
 Capability: TypeAlias = Literal["exact", "unknown"]
+
+
+@attrs.frozen
+class Position:
+    """Where a message stands in its topic's history (delivery.md §11.2): ``offset``
+    grows by 1 per message (the first is 1) within one unbroken history, ``epoch``.
+    An offset means nothing outside its epoch. A frozen attrs class, so an app can
+    carry ``since: Position | None`` in its own message schemas."""
+
+    offset: int = attrs.field(validator=attrs.validators.ge(0))
+    epoch: str
+
+
+@attrs.frozen
+class Recovery:
+    """What ``ctx.topics.subscribe(topic, since=...)`` achieved (delivery.md §12):
+    whether every message after ``since`` was replayed (``recovered``), how many
+    (``replayed``), and the topic's latest position."""
+
+    recovered: bool
+    position: Position
+    replayed: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class History:
+    """Keep each topic's recent messages (delivery.md §11.1): at most about ``size``
+    of them, until ``ttl`` seconds after the topic's last publish. ``topics`` limits
+    it to some topics: a predicate on the topic name, or a regex it must match."""
+
+    size: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    ttl: float = attrs.field(default=600.0, validator=attrs.validators.gt(0))
+    topics: Callable[[str], bool] | re.Pattern[str] | None = None
+
+    def covers(self, topic: str) -> bool:
+        if self.topics is None:
+            return True
+        if isinstance(self.topics, re.Pattern):
+            return self.topics.fullmatch(topic) is not None
+        return bool(self.topics(topic))
+
+
+@attrs.frozen
+class HistorySlice:
+    """A backend's answer to "what came after ``offset``" for one topic: the topic's
+    ``epoch`` and ``latest`` offset, the ``envelopes`` after the asked offset in
+    offset order (at most the history's size), and whether that is all of them
+    (``complete``: false when some were already trimmed or expired). A topic that
+    never had a message has ``latest == 0``."""
+
+    epoch: str
+    latest: int
+    envelopes: tuple[Envelope, ...] = ()
+    complete: bool = True
 
 
 @attrs.frozen
@@ -46,6 +110,8 @@ class PublishResult:
     capability: Capability = "exact"
     error: str | None = None
     retryable: bool = False
+    #: The message's place in its topic's history, for topics with history.
+    position: Position | None = None
 
 
 @attrs.frozen
@@ -59,6 +125,15 @@ class Envelope:
     meta: dict[str, Any] | None = None
     origin: str = ""
     exclude: str | None = None
+    #: Set by the backend for a topic with history (delivery.md §11.2).
+    offset: int | None = None
+    epoch: str | None = None
+
+    @property
+    def position(self) -> Position | None:
+        if self.offset is None or self.epoch is None:
+            return None
+        return Position(self.offset, self.epoch)
 
     def to_json(self) -> str:
         obj: dict[str, Any] = {"topic": self.topic, "type": self.type}
@@ -69,6 +144,9 @@ class Envelope:
         obj["origin"] = self.origin
         if self.exclude is not None:
             obj["exclude"] = self.exclude
+        if self.offset is not None:
+            obj["offset"] = self.offset
+            obj["epoch"] = self.epoch
         return _json.dumps(obj)
 
     @classmethod
@@ -85,12 +163,25 @@ class Envelope:
             raise ValueError("envelope meta must be an object")
         if exclude is not None and not isinstance(exclude, str):
             raise ValueError("envelope exclude must be a string")
+        offset, epoch = obj.get("offset"), obj.get("epoch")
+        if offset is not None and (type(offset) is not int or not isinstance(epoch, str)):
+            raise ValueError("envelope offset must be an integer with a string epoch")
         payload = obj.get("payload", NO_PAYLOAD)
-        return cls(topic, msg_type, payload, meta, str(origin), exclude)
+        return cls(topic, msg_type, payload, meta, str(origin), exclude, offset, epoch)
 
     def frame(self) -> str:
         """The delivery frame: ``{"type", "payload"}`` plus ``meta`` only when given."""
         return encode_frame(self.type, self.meta, self.payload)
+
+    def frame_with_position(self) -> str:
+        """The delivery frame for a subscription with positions: the publisher's meta
+        plus ``topic``, ``offset`` and ``epoch`` (delivery.md §11.4)."""
+        meta = dict(self.meta) if self.meta else {}
+        meta["topic"] = self.topic
+        if self.offset is not None:
+            meta["offset"] = self.offset
+            meta["epoch"] = self.epoch
+        return encode_frame(self.type, meta, self.payload)
 
 
 def check_topic(topic: Any, pattern: re.Pattern[str] = DEFAULT_TOPIC_PATTERN) -> str | None:

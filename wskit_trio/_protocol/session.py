@@ -16,7 +16,8 @@ one WebSocket message and says what it means, as a plain value the client's I/O
 layer acts on: settle a request, feed it progress, run handlers, report a
 problem, or nothing. The I/O layer attaches a handle of its own to each request
 (``H``: the thing its caller waits on) and gets it back in the results that
-concern that request.
+concern that request. The session also remembers the latest position seen per
+topic (delivery.md §12.3): what the client re-joins with after a reconnect.
 
 Nothing here imports trio.
 """
@@ -38,7 +39,8 @@ from .._errors import (
 )
 from . import frames
 from .codes import ErrorCode
-from .validation import Problems, StructureFn, check, unstructure
+from .pubsub import POSITION_META_KEYS, Position
+from .validation import Problems, StructureFn, check, type_name, unstructure
 
 __all__ = [
     "HEARTBEAT_ACK",
@@ -288,7 +290,9 @@ H = TypeVar("H")
 P = TypeVar("P")
 
 #: Meta keys the client manages itself (or the server assigns): never the caller's.
-_MANAGED_META_KEYS = frozenset({*frames.RESERVED_META_KEYS, "correlationId", "timeoutMs"})
+_MANAGED_META_KEYS = frozenset(
+    {*frames.RESERVED_META_KEYS, *POSITION_META_KEYS, "correlationId", "timeoutMs"}
+)
 
 
 class RequestSpec(Protocol):
@@ -312,6 +316,11 @@ class InboundMessage(Generic[P]):
     payload: P
     #: The frame's meta, camelCase keys as on the wire.
     meta: dict[str, Any]
+    #: The topic it was published to, when its subscription has positions
+    #: (``meta.topic``, delivery.md §11.4); ``None`` otherwise.
+    topic: str | None = None
+    #: Its place in that topic's history (``meta.offset``, ``meta.epoch``).
+    position: Position | None = None
 
 
 @attrs.frozen
@@ -385,6 +394,46 @@ Inbound: TypeAlias = (
 )
 
 
+class _Stamp(NamedTuple):
+    """The position keys a published frame carries (delivery.md §11.4), and the
+    frame without them, which is what the message's schema validates."""
+
+    topic: str
+    position: Position
+    unstamped: frames.InboundFrame
+
+
+#: The JSON type each position key must have (booleans are not integers).
+_STAMP_TYPES: dict[str, tuple[type, str]] = {
+    "topic": (str, "string"),
+    "offset": (int, "integer"),
+    "epoch": (str, "string"),
+}
+
+
+def _read_stamp(frame: frames.InboundFrame) -> _Stamp | Problems | None:
+    """The frame's ``meta.topic/offset/epoch``: ``None`` when it has none of them,
+    the problems when they are not all there and well-typed."""
+    meta = frame.raw.get("meta")
+    if type(meta) is not dict or POSITION_META_KEYS.isdisjoint(meta):
+        return None
+    problems: Problems = []
+    for key, (expected, name) in _STAMP_TYPES.items():
+        if key not in meta:
+            problems.append(
+                (f"$.meta.{key}", "required key missing: topic, offset, epoch go together")
+            )
+        elif type(meta[key]) is not expected:
+            problems.append((f"$.meta.{key}", f"expected {name}, got {type_name(meta[key])}"))
+    if problems:
+        return problems
+    if meta["offset"] < 0:
+        return [("$.meta.offset", "must not be negative")]
+    rest = {key: value for key, value in meta.items() if key not in POSITION_META_KEYS}
+    unstamped = frames.InboundFrame(frame.type, {**frame.raw, "meta": rest}, frame.correlation_id)
+    return _Stamp(meta["topic"], Position(meta["offset"], meta["epoch"]), unstamped)
+
+
 @attrs.frozen
 class _Expected(Generic[H]):
     """A request in flight: the I/O layer's handle and what the answer must be."""
@@ -404,12 +453,16 @@ class ClientSession(Generic[H]):
 
     ``max_requests`` bounds the requests in flight: one more is refused with
     ``RpcError(RESOURCE_EXHAUSTED)`` before anything is sent.
+
+    It also keeps the latest position seen per topic (delivery.md §12.3), across
+    connections: what the application re-joins with after a reconnect.
     """
 
     def __init__(self, *, max_requests: int = 1000) -> None:
         self.max_requests = max_requests
         self._requests: dict[str, _Expected[H]] = {}
         self._listened: dict[str, SchemaSpec] = {}
+        self._positions: dict[str, Position] = {}
         #: Response types of every request made: a reply of such a type for no request
         #: in flight is late (its caller gave up), not an unknown message.
         self._response_types: set[str] = set()
@@ -468,6 +521,20 @@ class ClientSession(Generic[H]):
     def unlisten(self, type: str) -> None:
         """Nobody listens for ``type`` any more: its messages are unhandled."""
         self._listened.pop(type, None)
+
+    # -- positions ----------------------------------------------------------------------
+
+    def position(self, topic: str) -> Position | None:
+        """The latest position seen on ``topic`` (``None`` before the first message
+        stamped with one): re-join with it to get what came after."""
+        return self._positions.get(topic)
+
+    def _advance(self, topic: str, position: Position) -> None:
+        """Remember ``position`` unless it is not newer than the one known in the same
+        epoch; an epoch change replaces it (the old history is gone)."""
+        known = self._positions.get(topic)
+        if known is None or known.epoch != position.epoch or position.offset > known.offset:
+            self._positions[topic] = position
 
     # -- inbound ------------------------------------------------------------------------
 
@@ -529,15 +596,29 @@ class ClientSession(Generic[H]):
         return Ignored("an error for no request in flight")
 
     def _message(self, frame: frames.InboundFrame) -> Inbound[H]:
+        stamp = _read_stamp(frame)
+        if isinstance(stamp, list):
+            return Problem(InboundValidationError(frame.type, stamp))
+        if stamp is not None:
+            # Seen, whatever follows: re-joining before it would only replay it.
+            self._advance(stamp.topic, stamp.position)
         schema = self._listened.get(frame.type)
         if schema is None:
             if frame.correlation_id is not None and frame.type in self._response_types:
                 return Ignored("a reply for no request in flight")
             return Unhandled(frame.raw)
-        result = frames.validate_frame(frame, schema.structure_payload, schema.structure_meta)
+        # The server stamps the position keys and no schema may declare them: the
+        # schema validates the rest, as strictly as ever.
+        checked = frame if stamp is None else stamp.unstamped
+        result = frames.validate_frame(checked, schema.structure_payload, schema.structure_meta)
         if isinstance(result, list):
             return Problem(InboundValidationError(frame.type, result))
-        return InboundMessage(frame.type, result[0], result[1])
+        payload, meta, _ = result
+        if stamp is None:
+            return InboundMessage(frame.type, payload, meta)
+        position = stamp.position
+        meta.update(topic=stamp.topic, offset=position.offset, epoch=position.epoch)
+        return InboundMessage(frame.type, payload, meta, stamp.topic, position)
 
 
 # -- reading and writing frames ---------------------------------------------------------

@@ -2,7 +2,9 @@
 
 ``open_client(url)`` connects for an ``async with`` block: typed ``send``, ``on``
 and ``request`` (with progress, deadlines and ``$ws:abort``), reconnect with
-backoff and jitter, an offline queue, token auth and retry hints.
+backoff and jitter, an offline queue, token auth and retry hints, and recovery:
+the latest position per topic (``client.position``) to re-join with from
+``on_connect``.
 """
 
 from .._errors import (
@@ -14,11 +16,20 @@ from .._errors import (
     RequestTimeout,
     RpcError,
 )
+from .._protocol.pubsub import Position
 from .._protocol.session import InboundMessage
 from ._backoff import Backoff, Jitter
 from ._call import RequestStream
 from ._client import Client, open_client
-from ._config import Auth, ClientHeartbeat, ClientOptions, Reconnect, Retry, TokenSource
+from ._config import (
+    Auth,
+    ClientHeartbeat,
+    ClientOptions,
+    ConnectHook,
+    Reconnect,
+    Retry,
+    TokenSource,
+)
 from ._queue import OfflineQueuePolicy
 from ._state import ClientState, ClientStatistics
 
@@ -31,6 +42,7 @@ __all__ = [
     "ClientState",
     "ClientStatistics",
     "ConnectError",
+    "ConnectHook",
     "AlreadyClosed",
     "ConnectionClosed",
     "FrameDropped",
@@ -38,6 +50,7 @@ __all__ = [
     "InboundValidationError",
     "Jitter",
     "OfflineQueuePolicy",
+    "Position",
     "Reconnect",
     "RequestStream",
     "RequestTimeout",

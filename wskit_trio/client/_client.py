@@ -5,7 +5,8 @@ tasks: the :class:`ConnectionSupervisor` (connect, reconnect, heartbeat, offline
 queue) and the :class:`Dispatcher` (the ``on()`` handlers). What each frame from
 the server means is the :class:`ClientSession`'s decision (sans-IO); the client
 acts on it: it settles requests from the reader itself, and queues messages for
-the handlers. Nothing outlives the block.
+the handlers. Nothing outlives the block but the positions the session
+remembers, which outlive each connection (delivery.md §12.3).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .._errors import ConnectionClosed, RpcError
 from .._groups import single_exception
 from .._options import options_as_keywords
 from .._protocol import frames
+from .._protocol.pubsub import Position
 from .._protocol.session import (
     ClientSession,
     HeartbeatAcked,
@@ -71,6 +73,32 @@ class Client:
     After ``aclose()`` (or the block's end) every use raises
     :class:`AlreadyClosed`; once the connection is lost for good (reconnect off
     or given up), :class:`ConnectionClosed`.
+
+    Recovery (delivery.md §12): the client remembers the latest position it has
+    seen per topic (:meth:`position`), across connections, and ``on_connect``
+    runs after every connect, ahead of the offline queue, so the app re-joins
+    with it and gets what it missed::
+
+        @attrs.frozen
+        class Join:
+            room: str
+            since: Position | None = None
+
+        JOIN = message("JOIN", Join)
+
+        async def rejoin(client: Client) -> None:
+            await client.send(JOIN, Join("room:1", since=client.position("room:1")))
+
+        async with open_client(url, on_connect=rejoin) as client:
+            ...
+
+    ``since`` goes on the wire as ``{"offset": 42, "epoch": "..."}`` (or ``null``)
+    and the server's handler passes it on to ``ctx.topics.subscribe(topic,
+    since=...)``. The hook may also ``await client.request(...)`` (to learn
+    whether the server ``recovered``): its reply is read while the hook runs.
+    With ``wait_open`` the first hook runs before the block starts: to have the
+    ``on()`` handlers in place for what the first join brings, open with
+    ``wait_open=False`` and register them first thing in the block.
     """
 
     def __init__(self, url: str, options: ClientOptions | None = None) -> None:
@@ -87,6 +115,7 @@ class Client:
             on_lost=self._connection_lost,
             on_closed=self._closed,
             report=self._report,
+            on_connect=self._connected,
         )
 
     # -- state ----------------------------------------------------------------------
@@ -118,6 +147,18 @@ class Client:
             queued=len(supervisor.queue),
             dropped=supervisor.queue.dropped,
         )
+
+    def position(self, topic: str) -> Position | None:
+        """The latest position seen on ``topic`` (from ``meta.topic/offset/epoch``,
+        delivery.md §11.4), kept across reconnects; ``None`` before the first
+        message stamped with one. Re-join with it (``since=``) in ``on_connect``."""
+        return self._session.position(topic)
+
+    async def _connected(self) -> None:
+        """A connection is up: the app's ``on_connect`` re-joins on it."""
+        hook = self.options.on_connect
+        if hook is not None:
+            await hook(self)
 
     def _report(self, exc: Exception) -> None:
         if self.options.on_error is None:

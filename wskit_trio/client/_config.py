@@ -19,6 +19,7 @@ __all__ = [
     "Auth",
     "ClientHeartbeat",
     "ClientOptions",
+    "ConnectHook",
     "ErrorHook",
     "Reconnect",
     "Retry",
@@ -112,6 +113,10 @@ ErrorHook: TypeAlias = Callable[[Exception], None]
 UnhandledHook: TypeAlias = Callable[[dict[str, Any]], "Awaitable[None] | None"]
 #: Sees every state change (sync).
 StateHook: TypeAlias = Callable[[ClientState], None]
+#: Runs after every connect, before the offline queue is flushed; gets the
+#: :class:`~wskit_trio.client.Client` (typed ``Any`` here: the client module
+#: imports this one).
+ConnectHook: TypeAlias = Callable[[Any], Awaitable[None]]
 
 
 def _to_auth(auth: Auth | TokenSource | None) -> Auth | None:
@@ -184,3 +189,10 @@ class ClientOptions:
     on_unhandled: UnhandledHook | None = None
     #: Sees every state change.
     on_state: StateHook | None = None
+    #: ``await on_connect(client)`` after every connect (the first and each
+    #: reconnect), before the offline queue is flushed and the state is ``open``:
+    #: what it sends (``send``, ``request``) goes out first, on this connection only.
+    #: Re-join here with ``client.position(topic)`` (delivery.md §12.3). An
+    #: exception it raises goes to ``on_error`` and the connection opens anyway; it
+    #: is cancelled if the connection is lost meanwhile (and runs again on the next).
+    on_connect: ConnectHook | None = None

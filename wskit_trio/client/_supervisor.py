@@ -2,11 +2,11 @@
 offline queue that holds frames while there is no open connection.
 
 :meth:`ConnectionSupervisor.run` is one task of the client's nursery. It opens a
-connection (fetching the token anew each time), flushes the offline queue in
-order, and only then reports ``open``; it reads until the connection ends, then
-waits out the backoff and tries again, until the client is closed or the
-reconnect policy gives up. What arrives is handed to ``on_message``; the client
-decides what it means.
+connection (fetching the token anew each time), runs the ``on_connect`` hook
+(whose frames go out first), flushes the offline queue in order, and only then
+reports ``open``; it reads until the connection ends, then waits out the backoff
+and tries again, until the client is closed or the reconnect policy gives up.
+What arrives is handed to ``on_message``; the client decides what it means.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 import trio
 
@@ -40,7 +41,8 @@ class ConnectionSupervisor:
     ``on_message(data)`` gets every message received; ``on_lost(socket, error)``
     is told a connection ended (the requests sent on it are lost with it);
     ``on_closed(error)`` that the client is closed for good; ``report(exc)``
-    gets what goes wrong outside a request.
+    gets what goes wrong outside a request; ``on_connect()`` runs on every new
+    connection before the offline queue is flushed.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ConnectionSupervisor:
         on_lost: Callable[[ClientSocket, CutOff], None],
         on_closed: Callable[[CutOff], None],
         report: Callable[[Exception], None],
+        on_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.url = url
         self._options = options
@@ -65,6 +68,12 @@ class ConnectionSupervisor:
         self._on_lost = on_lost
         self._on_closed = on_closed
         self._report = report
+        self._on_connect = on_connect
+        #: The connection ``on_connect`` is running on, in its task (and the tasks it
+        #: starts): what they transmit goes straight out on it, ahead of the queue.
+        self._connecting: ContextVar[ClientSocket | None] = ContextVar(
+            "wskit_trio_client_on_connect", default=None
+        )
 
         self.state = ClientState.CLOSED
         self._state_changed = trio.Event()
@@ -127,6 +136,9 @@ class ConnectionSupervisor:
         when it was dropped (by the queue, or because it is no longer wanted)."""
         self.check_usable()
         sock = self.socket
+        connecting = self._connecting.get()
+        if connecting is not None and connecting is sock:
+            return await self._send_first(connecting, item)
         if self.state is ClientState.OPEN and sock is not None:
             text = item.encode()
             if text is None:
@@ -140,6 +152,21 @@ class ConnectionSupervisor:
                 item.mark_sent(None)
                 self.check_usable()
         return self._enqueue(item)
+
+    async def _send_first(self, sock: ClientSocket, item: Outgoing) -> bool:
+        """Send for ``on_connect``, before the queue is flushed. Never queued: if the
+        connection is lost, ``ConnectionClosed`` is raised, and the hook runs
+        again on the next connection."""
+        text = item.encode()
+        if text is None:
+            return False
+        item.mark_sent(sock)
+        try:
+            await sock.send(text)
+        except ConnectionClosed:
+            item.mark_sent(None)
+            raise
+        return True
 
     def _enqueue(self, item: Outgoing) -> bool:
         pushed = self.queue.push(item)
@@ -280,6 +307,7 @@ class ConnectionSupervisor:
                     await sock.abort()
 
                 nursery.start_soon(read)
+                await self._connected(sock)
                 if await self._flush(sock):
                     opened()
                     if self._options.heartbeat is not None:
@@ -289,6 +317,22 @@ class ConnectionSupervisor:
             self._heartbeat_ack = None
             self._on_lost(sock, self._cut_off(closed))
         return closed
+
+    async def _connected(self, sock: ClientSocket) -> None:
+        """Run ``on_connect`` with its frames going out on ``sock`` ahead of the
+        offline queue (the reader is running, so its requests get their replies)."""
+        if self._on_connect is None:
+            return
+        token = self._connecting.set(sock)
+        try:
+            await self._on_connect()
+        except ConnectionClosed as exc:
+            # This connection is lost: the hook runs again on the next one.
+            log.debug("on_connect cut off: %s", exc)
+        except Exception as exc:
+            self._report(exc)
+        finally:
+            self._connecting.reset(token)
 
     async def _keepalive(self, sock: ClientSocket, heartbeat: ClientHeartbeat) -> bool:
         """Heartbeat until the server misses one (returns ``False``) or the socket

@@ -21,8 +21,17 @@ import trio
 from .._context import ConnectionContext
 from .._errors import WsKitError
 from .._handle import ConnectionHandle
+from .._outbound import FrameKind
 from .._protocol.codes import ErrorCode
-from .._protocol.pubsub import DEFAULT_TOPIC_PATTERN, Envelope, PublishResult, check_topic
+from .._protocol.pubsub import (
+    DEFAULT_TOPIC_PATTERN,
+    Envelope,
+    History,
+    Position,
+    PublishResult,
+    Recovery,
+    check_topic,
+)
 from .._schema import MessageSchema
 from ._backend import PubSubBackend
 from ._memory import MemoryPubSub
@@ -61,6 +70,18 @@ class TopicPolicy:
     max_topics_per_connection: int = 1000
     normalize: Callable[[str], str] | None = None
     authorize: Authorize | None = None
+    #: Topics whose messages supersede each other (cursor positions, game state): a
+    #: subscriber's full queue drops its oldest frames for them instead of slowing
+    #: the publisher (delivery.md §10.3). A predicate or a regex to match.
+    drop_oldest: Callable[[str], bool] | re.Pattern[str] | None = None
+
+    def replaces(self, topic: str) -> bool:
+        """Whether ``topic`` is under the ``drop_oldest`` opt-in."""
+        if self.drop_oldest is None:
+            return False
+        if isinstance(self.drop_oldest, re.Pattern):
+            return self.drop_oldest.fullmatch(topic) is not None
+        return bool(self.drop_oldest(topic))
 
 
 @attrs.frozen
@@ -69,26 +90,49 @@ class PubSubStatistics:
     subscriptions: int
     published: int
     delivered: int
+    #: Frames a subscriber lost to an explicit ``drop_oldest`` (topic or connection).
     dropped: int
+    #: Subscribers closed with 1013 because their queue stayed full.
+    cut_off: int = 0
+
+
+class _Subscription:
+    """One connection's subscription to one topic."""
+
+    __slots__ = ("buffer", "conn", "cut", "positions")
+
+    def __init__(self, conn: ConnectionHandle, positions: bool) -> None:
+        self.conn = conn
+        #: Cut off as a slow consumer: closing, delivered nothing more.
+        self.cut = False
+        #: Frames carry ``topic``/``offset``/``epoch`` meta (delivery.md §11.4).
+        self.positions = positions
+        #: While a recovery replays history: live envelopes wait here, in order.
+        self.buffer: list[Envelope] | None = None
 
 
 class _Topic:
-    __slots__ = ("failed", "ready", "subscribers")
+    __slots__ = ("failed", "lock", "ready", "subscribers")
 
     def __init__(self) -> None:
-        self.subscribers: dict[str, ConnectionHandle] = {}
+        self.subscribers: dict[str, _Subscription] = {}
         #: Set once the backend confirmed (or refused) the subscription.
         self.ready = trio.Event()
         self.failed: WsKitError | None = None
+        #: One delivery at a time per topic, in arrival order (trio's Lock is fair),
+        #: so every subscriber sees one order (delivery.md §10.2).
+        self.lock = trio.Lock()
 
 
 @attrs.frozen
 class PubSubConfig:
-    """What a router says about pub/sub: the backend and the topic policy. Each
-    server that runs the router builds its own :class:`PubSubHub` from it."""
+    """What a router says about pub/sub: the backend, the topic policy and which
+    topics keep history. Each server that runs the router builds its own
+    :class:`PubSubHub` from it."""
 
     backend: PubSubBackend = attrs.field(factory=MemoryPubSub)
     policy: TopicPolicy = attrs.field(factory=TopicPolicy)
+    history: History | None = None
     #: The ``origin`` of what is published from outside any connection.
     origin: str = attrs.field(factory=lambda: str(uuid.uuid4()))
 
@@ -145,23 +189,34 @@ class PubSubHub:
     """One server's subscriptions, in front of the router's backend.
 
     Built by the server when it starts; :meth:`run` attaches it to the backend and
-    runs the backend for the server's life."""
+    runs the backend for the server's life. Deliveries of one topic go out one at
+    a time, in order; a subscriber whose queue is full slows the delivery (and so
+    the publisher) for at most ``slow_consumer_timeout``, then is cut off with
+    1013 (delivery.md §10.3)."""
 
-    def __init__(self, config: PubSubConfig, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        config: PubSubConfig,
+        observer: Observer | None = None,
+        *,
+        slow_consumer_timeout: float = 5.0,
+    ) -> None:
         self.config = config
         self.backend = config.backend
         self.policy = config.policy
+        self.history = config.history
+        self.slow_consumer_timeout = slow_consumer_timeout
         #: This instance's id: the ``origin`` of what it publishes.
         self.instance_id = str(uuid.uuid4())
         self.observer = observer
         self._topics: dict[str, _Topic] = {}
         #: Each connection's topics, by client id.
         self._subscribed: dict[str, set[str]] = {}
-        self._published = self._delivered = self._dropped = 0
+        self._published = self._delivered = self._dropped = self._cut_off = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Attach to the backend and run it until cancelled."""
-        self.backend.attach(self.deliver, self._topics.keys)
+        self.backend.attach(self.deliver, self._topics.keys, self.history)
         try:
             await self.backend.run(task_status=task_status)
             await trio.sleep_forever()  # a backend with no work of its own returns at once
@@ -175,6 +230,7 @@ class PubSubHub:
             published=self._published,
             delivered=self._delivered,
             dropped=self._dropped,
+            cut_off=self._cut_off,
         )
 
     def subscribers(self, topic: str) -> int:
@@ -188,22 +244,49 @@ class PubSubHub:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    async def subscribe(self, conn: ConnectionHandle, topic: str, ctx: object) -> None:
+    async def subscribe(
+        self,
+        conn: ConnectionHandle,
+        topic: str,
+        ctx: object,
+        *,
+        positions: bool = False,
+        since: Position | None = None,
+    ) -> Recovery | None:
+        """Subscribe ``conn``; return once the backend confirmed the topic. With
+        ``positions`` or ``since`` the subscription gets positions on the wire and
+        the answer is a :class:`Recovery` (delivery.md §12)."""
         topic = await admit_topic(self.policy, "subscribe", topic, _context(ctx))
+        wants_positions = positions or since is not None
+        if wants_positions and (self.history is None or not self.history.covers(topic)):
+            raise WsKitError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"Topic {topic!r} keeps no history: no positions, no recovery",
+                {"topic": topic},
+            )
         mine = self._subscribed.setdefault(conn.client_id, set())
+        entry = self._topics.get(topic)
         if topic in mine:
-            return
+            assert entry is not None
+            if not wants_positions:
+                return None
+            # Asking again with positions: recover on the existing subscription.
+            subscription = entry.subscribers[conn.client_id]
+            subscription.positions = True
+            return await self._recover(topic, entry, subscription, since)
         if len(mine) >= self.policy.max_topics_per_connection:
             raise WsKitError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 "Too many topics for this connection",
                 {"limit": self.policy.max_topics_per_connection},
             )
-        entry = self._topics.get(topic)
         first = entry is None
         if entry is None:
             entry = self._topics[topic] = _Topic()
-        entry.subscribers[conn.client_id] = conn
+        subscription = _Subscription(conn, wants_positions)
+        if wants_positions:
+            subscription.buffer = []  # live first, buffered until the history is read
+        entry.subscribers[conn.client_id] = subscription
         mine.add(topic)
         if first:
             try:
@@ -224,6 +307,53 @@ class PubSubHub:
             if entry.failed is not None:
                 self._forget(conn.client_id, topic)
                 raise entry.failed
+        if not wants_positions:
+            return None
+        try:
+            return await self._recover(topic, entry, subscription, since)
+        except BaseException:
+            if self._forget(conn.client_id, topic):
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await self.backend.unsubscribe(topic)
+            raise
+
+    async def _recover(
+        self, topic: str, entry: _Topic, subscription: _Subscription, since: Position | None
+    ) -> Recovery:
+        """Replay what ``subscription`` missed since ``since`` (if the history still
+        holds all of it), then what arrived live meanwhile, de-duplicated by offset,
+        then go live: no gap, no duplicate (delivery.md §12.2)."""
+        if subscription.buffer is None:
+            subscription.buffer = []
+        after = since.offset if since is not None else None
+        history = await self.backend.read_history(topic, after)
+        recovered = (
+            since is not None
+            and since.epoch == history.epoch
+            and since.offset <= history.latest
+            and history.complete
+        )
+        conn = subscription.conn
+        last = history.latest
+        replayed = 0
+        if recovered:
+            assert since is not None
+            last = since.offset
+            for envelope in history.envelopes:
+                if envelope.offset is not None and envelope.offset > last:
+                    await conn.send(envelope.frame_with_position(), FrameKind.PLAIN)
+                    last = envelope.offset
+                    replayed += 1
+        epoch = history.epoch
+        buffer = subscription.buffer
+        while buffer:
+            envelope = buffer.pop(0)
+            if envelope.epoch != epoch or envelope.offset is None or envelope.offset > last:
+                await conn.send(envelope.frame_with_position(), FrameKind.PLAIN)
+                if envelope.offset is not None:
+                    epoch, last = envelope.epoch or epoch, envelope.offset
+        subscription.buffer = None  # live from here: nothing awaited since the last check
+        return Recovery(bool(recovered), Position(last, epoch), replayed)
 
     def _drop_entry(self, topic: str, entry: _Topic) -> None:
         for client_id in entry.subscribers:
@@ -295,22 +425,59 @@ class PubSubHub:
             self.observer.published(result)
         return result
 
-    def deliver(self, envelope: Envelope) -> int:
-        """Queue ``envelope`` for every local subscriber of its topic (encoded once)."""
+    async def deliver(self, envelope: Envelope) -> int:
+        """Queue ``envelope`` for every local subscriber of its topic (each frame
+        encoded once), after the topic's earlier envelopes."""
         entry = self._topics.get(envelope.topic)
         if entry is None:
             return 0
-        frame = envelope.frame()
+        async with entry.lock:
+            return await self._deliver_locked(entry, envelope)
+
+    async def _deliver_locked(self, entry: _Topic, envelope: Envelope) -> int:
+        plain: str | None = None
+        positioned: str | None = None
+        replaces = self.policy.replaces(envelope.topic)
         matched = 0
-        for client_id, conn in entry.subscribers.items():
-            if client_id == envelope.exclude:
+        # A copy: subscriptions may come and go while a slow one is waited for.
+        for client_id, subscription in list(entry.subscribers.items()):
+            if client_id == envelope.exclude or subscription.cut:
                 continue
             matched += 1
-            if conn.send_nowait(frame):
-                self._delivered += 1
+            if subscription.buffer is not None:
+                subscription.buffer.append(envelope)
+                continue
+            if subscription.positions:
+                if positioned is None:
+                    positioned = envelope.frame_with_position()
+                frame = positioned
             else:
-                self._dropped += 1
+                if plain is None:
+                    plain = envelope.frame()
+                frame = plain
+            conn = subscription.conn
+            if replaces:
+                conn.send_replacing(frame)
+                self._delivered += 1
+            elif conn.send_nowait(frame) or await conn.send_within(
+                frame, self.slow_consumer_timeout
+            ):
+                self._delivered += 1
+            elif not subscription.cut and entry.subscribers.get(client_id) is subscription:
+                # Its queue stayed full (or it closed meanwhile): cut it off visibly.
+                self._cut_off += 1
+                self._cut(client_id)
+                conn.cut_off(1013, "slow consumer")
         return matched
+
+    def _cut(self, client_id: str) -> None:
+        """Deliver nothing more to a connection being cut off (its subscriptions go
+        when it has closed: ``remove``)."""
+        for topic in self._subscribed.get(client_id, ()):
+            entry = self._topics.get(topic)
+            subscription = entry.subscribers.get(client_id) if entry is not None else None
+            if subscription is not None:
+                subscription.cut = True
 
 
 def _context(ctx: object) -> ConnectionContext[Any] | None:
@@ -322,13 +489,17 @@ class _Configurable(Protocol):
 
 
 def with_pubsub(
-    backend: PubSubBackend | None = None, *, policy: TopicPolicy | None = None
+    backend: PubSubBackend | None = None,
+    *,
+    policy: TopicPolicy | None = None,
+    history: History | None = None,
 ) -> Callable[[_Configurable], None]:
-    """A router plugin choosing the pub/sub backend and topic policy:
-    ``router.plugin(with_pubsub(ValkeyPubSub.from_url(url)))``. It only configures:
-    each server running the router builds its own hub on this backend."""
+    """A router plugin choosing the pub/sub backend, the topic policy and history:
+    ``router.plugin(with_pubsub(ValkeyPubSub.from_url(url), history=History()))``.
+    It only configures: each server running the router builds its own hub on this
+    backend."""
 
     def plugin(router: _Configurable) -> None:
-        router.pubsub = PubSubConfig(backend or MemoryPubSub(), policy or TopicPolicy())
+        router.pubsub = PubSubConfig(backend or MemoryPubSub(), policy or TopicPolicy(), history)
 
     return plugin

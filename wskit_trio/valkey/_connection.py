@@ -18,7 +18,7 @@ reply becomes :class:`ValkeyError` and leaves it usable.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, NoReturn, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -357,10 +357,15 @@ class ValkeySubscriber(_RespStream):
             await event.wait()
         self._check()
 
-    async def listen(self, on_message: Callable[[bytes, bytes], object]) -> NoReturn:
+    async def listen(
+        self, on_message: Callable[[bytes, bytes], Awaitable[object] | None]
+    ) -> NoReturn:
         """Read pushes until the connection is lost: ``on_message(channel, data)`` for
-        each message (synchronously, in order), confirmations to their waiters.
-        Raises :class:`ValkeyUnavailable` when the connection ends."""
+        each message, in order, confirmations to their waiters. An async
+        ``on_message`` is awaited before the next push is read, so a slow consumer
+        slows the reading (and Valkey buffers, up to its pub/sub output limit;
+        confirmations wait too). Raises :class:`ValkeyUnavailable` when the
+        connection ends."""
         try:
             while True:
                 self._check()
@@ -369,7 +374,9 @@ class ValkeySubscriber(_RespStream):
                     continue
                 kind = reply[0]
                 if kind == b"message" and len(reply) == 3:
-                    on_message(reply[1], reply[2])
+                    handled = on_message(reply[1], reply[2])
+                    if handled is not None:
+                        await handled
                 elif kind in (b"subscribe", b"unsubscribe") and len(reply) == 3:
                     channel = reply[1]
                     if kind == b"subscribe":

@@ -17,9 +17,29 @@ While it is not healthy, publishes report ``ok=False, error="UNAVAILABLE",
 retryable=True`` at once (or after the connection attempt in progress, if there
 is one, within ``command_timeout``) and subscriptions raise ``UNAVAILABLE``;
 local serving goes on. Every command is bounded by ``command_timeout``; one that
-times out is taken as a lost connection. Like Valkey pub/sub itself, delivery is
-at most once: what is published while an instance is disconnected does not reach
-that instance's subscribers.
+times out is taken as a lost connection. Like Valkey pub/sub itself, delivery of
+a topic without history is at most once: what is published while an instance is
+disconnected does not reach that instance's subscribers.
+
+Topics with history (delivery.md §11; keys and scripts in ``_history``) close
+that window. One script gives each message its offset, appends it to the
+topic's stream and publishes it, atomically. The instance remembers, per local
+topic with history, the last position it delivered (or, before the first
+message, the topic's position just before it subscribed). After the subscriber
+connection breaks, the next session re-subscribes with incoming messages held
+back, reads each topic's history after that position and delivers what was
+missed, then the held-back messages, skipping any offset already delivered, and
+only then goes live (catch-up; counted in ``caught_up``). If the topic's epoch
+changed meanwhile, the old history is gone: the new epoch's kept messages are
+all newer than anything delivered, so they are delivered from its first.
+
+Received envelopes are handed to the hub one at a time, in channel order, and
+each is awaited before the next is read: a slow local subscriber slows reading
+(the hub bounds that by cutting it off after ``Limits.slow_consumer_timeout``).
+A hand-over, once started, is finished even if the session ends meanwhile, so a
+message is never delivered to some local subscribers and then again to all.
+While the reader is busy handing over, the clock of a pending (un)subscribe
+confirmation is stopped: a slow subscriber is not a lost connection.
 
 An outage (from the first failed connection attempt, or the loss of a healthy
 session, to the next healthy session) is logged once on ``wskit_trio.valkey``:
@@ -29,8 +49,10 @@ a WARNING when it begins, an INFO with its length when it ends (see ``_outage``)
 from __future__ import annotations
 
 import contextlib
+import math
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Any, Final
 
 import attrs
@@ -39,7 +61,7 @@ import trio
 from .._errors import ConfigurationError, ValkeyError, ValkeyUnavailable, WsKitError
 from .._options import options_as_keywords
 from .._protocol.codes import ErrorCode
-from .._protocol.pubsub import Envelope
+from .._protocol.pubsub import Envelope, History, HistorySlice, Position
 from ..pubsub._backend import Capability, Deliver, PublishResult
 from ._connection import (
     DEFAULT_PORT,
@@ -48,6 +70,15 @@ from ._connection import (
     ValkeySubscriber,
     parse_url,
 )
+from ._history import (
+    PUBLISH_SCRIPT,
+    READ_SCRIPT,
+    parse_publish_reply,
+    parse_read_reply,
+    publish_args,
+    read_args,
+    run_script,
+)
 from ._outage import Outage, redact_url, valkey_url
 
 __all__ = ["ValkeyPubSub", "ValkeyPubSubOptions", "ValkeyPubSubStatistics"]
@@ -55,9 +86,11 @@ __all__ = ["ValkeyPubSub", "ValkeyPubSubOptions", "ValkeyPubSubStatistics"]
 
 #: 2**64 times any sane ``backoff_initial`` is far beyond any ``backoff_max``.
 _MAX_EXPONENT: Final = 64
+#: Bytes of messages held back during a catch-up before the reader waits for it.
+_BACKLOG_BYTES: Final = 8 * 1024 * 1024
 
 
-def _no_delivery(envelope: Envelope) -> int:
+async def _no_delivery(envelope: Envelope) -> int:
     return 0
 
 
@@ -93,7 +126,10 @@ class ValkeyPubSubStatistics:
     ``connects`` counts sessions that became healthy (the first one included),
     ``connect_failures`` attempts that did not; ``channels`` is how many channels
     the current session has confirmed. ``received`` counts messages from Valkey,
-    ``malformed`` those that were not an envelope for their channel.
+    ``malformed`` those that were not an envelope for their channel. ``caught_up``
+    counts envelopes delivered from history after a re-subscribe (§11.3), and
+    ``duplicates`` received envelopes skipped because their offset was already
+    delivered.
     """
 
     healthy: bool
@@ -105,6 +141,8 @@ class ValkeyPubSubStatistics:
     received: int
     malformed: int
     last_error: str | None
+    caught_up: int = 0
+    duplicates: int = 0
 
 
 class ValkeyPubSub:
@@ -138,6 +176,16 @@ class ValkeyPubSub:
 
         self._deliver: Deliver = _no_delivery
         self._local_topics: Callable[[], Collection[str]] = _no_topics
+        self._history: History | None = None
+        #: Per subscribed topic with history: the last position delivered here (or
+        #: the topic's position when it was subscribed). Catch-up starts after it.
+        self._positions: dict[str, Position] = {}
+        #: Messages received while a catch-up runs, delivered after it; None: live.
+        self._backlog: _Backlog | None = None
+        #: Pending confirmations' cancel scopes, with the time each had left when
+        #: the reader became busy (their clock stops while it hands over).
+        self._confirms: dict[trio.CancelScope, float] = {}
+        self._reader_busy = False
         self._running = False
         #: The current session's connections, set only while healthy.
         self._cmd: ValkeyConnection | None = None
@@ -153,6 +201,7 @@ class ValkeyPubSub:
         self._connects = self._connect_failures = 0
         self._published = self._publish_failures = 0
         self._received = self._malformed = 0
+        self._caught_up = self._duplicates = 0
         self._last_error: str | None = None
         self._outage = Outage("pub/sub", valkey_url(host, port, db, password), secret=password)
 
@@ -191,6 +240,8 @@ class ValkeyPubSub:
             received=self._received,
             malformed=self._malformed,
             last_error=self._last_error,
+            caught_up=self._caught_up,
+            duplicates=self._duplicates,
         )
 
     async def wait_healthy(self) -> None:
@@ -225,20 +276,37 @@ class ValkeyPubSub:
     def _channel(self, topic: str) -> bytes:
         return (self.prefix + topic).encode()
 
+    def _topic(self, channel: bytes) -> str:
+        return channel[len(self.prefix.encode()) :].decode()
+
+    def _keeps(self, topic: str) -> History | None:
+        """The history config if ``topic`` keeps history, else None."""
+        history = self._history
+        return history if history is not None and history.covers(topic) else None
+
     # -- the PubSubBackend protocol ----------------------------------------------------
 
-    def attach(self, deliver: Deliver, local_topics: Callable[[], Collection[str]]) -> None:
+    def attach(
+        self,
+        deliver: Deliver,
+        local_topics: Callable[[], Collection[str]],
+        history: History | None = None,
+    ) -> None:
         if self._running:
             raise ConfigurationError(
                 "this ValkeyPubSub already serves a running server; give each server its own"
             )
         self._deliver = deliver
         self._local_topics = local_topics
+        self._history = history
+        self._positions.clear()
 
     def detach(self, deliver: Deliver) -> None:
         if self._deliver == deliver:
             self._deliver = _no_delivery
             self._local_topics = _no_topics
+            self._history = None
+            self._positions.clear()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, keep connected and re-subscribed, until cancelled. Reports started
@@ -268,16 +336,17 @@ class ValkeyPubSub:
             session = await self._session_or_none()
             if session is None:
                 raise ValkeyUnavailable(self._last_error or "not connected to Valkey")
-            sub = session[1]
+            cmd, sub = session
             with trio.fail_after(self.command_timeout):
                 await self._sub_lock.acquire()
             try:
                 if self._sub is not sub:
                     raise ValkeyUnavailable("the connection to Valkey was lost")
+                await self._baseline(cmd, topic)
                 await self._confirm(sub, sub.subscribe(self._channel(topic)))
             finally:
                 self._sub_lock.release()
-        except (ValkeyUnavailable, trio.TooSlowError) as exc:
+        except (ValkeyUnavailable, ValkeyError, trio.TooSlowError) as exc:
             raise WsKitError(
                 ErrorCode.UNAVAILABLE,
                 "Pub/sub is unavailable (Valkey cannot be reached)",
@@ -296,16 +365,26 @@ class ValkeyPubSub:
                     return
                 with contextlib.suppress(ValkeyUnavailable, trio.TooSlowError):
                     await self._confirm(sub, sub.unsubscribe(self._channel(topic)))
+                    self._positions.pop(topic, None)
 
     async def publish(self, envelope: Envelope) -> PublishResult:
+        """``PUBLISH``; for a topic with history, the script that also gives the
+        message its position and keeps it (see ``_history``)."""
         session = await self._session_or_none()
         if session is None:
             return self._unavailable()
         cmd = session[0]
-        data = envelope.to_json()
+        if envelope.offset is not None or envelope.epoch is not None:
+            envelope = attrs.evolve(envelope, offset=None, epoch=None)  # ours to give
+        history = self._keeps(envelope.topic)
+        position: Position | None = None
         try:
             with trio.move_on_after(self.command_timeout) as scope:
-                await cmd.execute("PUBLISH", self._channel(envelope.topic), data)
+                if history is None:
+                    await cmd.execute("PUBLISH", self._channel(envelope.topic), envelope.to_json())
+                else:
+                    args = publish_args(self.prefix, history, envelope)
+                    position = parse_publish_reply(await run_script(cmd, PUBLISH_SCRIPT, args))
         except ValkeyUnavailable as exc:
             self._lost(str(exc), cmd)
             return self._unavailable()
@@ -321,7 +400,46 @@ class ValkeyPubSub:
             self._lost("PUBLISH timed out", cmd)
             return self._unavailable()
         self._published += 1
-        return PublishResult(ok=True, matched=None, capability="unknown")
+        return PublishResult(ok=True, matched=None, capability="unknown", position=position)
+
+    async def read_history(self, topic: str, after: int | None) -> HistorySlice:
+        """The topic's epoch and latest offset, and (``after`` an offset) its kept
+        envelopes after it, in order, at most ``History.size`` of them; ``complete``
+        is false when some of those were trimmed, expired or evicted. A topic with
+        no history in Valkey gets its epoch now, at offset 0, which its next publish
+        continues (see ``_history``). A topic without history configured answers
+        ``HistorySlice("", 0, complete=False)`` (as the memory backend does).
+        Raises ``WsKitError(UNAVAILABLE)`` promptly while Valkey cannot be reached."""
+        history = self._keeps(topic)
+        if history is None:
+            await trio.lowlevel.checkpoint()
+            return HistorySlice(epoch="", latest=0, complete=False)
+        session = await self._session_or_none()
+        try:
+            if session is None:
+                raise ValkeyUnavailable(self._last_error or "not connected to Valkey")
+            cmd = session[0]
+            try:
+                with trio.fail_after(self.command_timeout):
+                    return await self._read(cmd, history, topic, after)
+            except (ValkeyUnavailable, trio.TooSlowError) as exc:
+                self._lost(str(exc) or "reading the history timed out", cmd)
+                raise
+        except (ValkeyUnavailable, trio.TooSlowError) as exc:
+            raise WsKitError(
+                ErrorCode.UNAVAILABLE,
+                "Pub/sub history is unavailable (Valkey cannot be reached)",
+                {"topic": topic},
+            ) from exc
+        except ValkeyError as exc:
+            self._last_error = exc.message
+            if exc.kind in TRANSIENT_ERRORS:
+                raise WsKitError(
+                    ErrorCode.UNAVAILABLE, "Pub/sub history is unavailable", {"topic": topic}
+                ) from exc
+            raise WsKitError(
+                ErrorCode.INTERNAL, "Reading the topic's history failed", {"topic": topic}
+            ) from exc
 
     # -- internals ---------------------------------------------------------------------
 
@@ -335,15 +453,66 @@ class ValkeyPubSub:
         if conn is self._cmd or conn is self._sub:
             self._trouble.set()
 
-    async def _confirm(self, sub: ValkeySubscriber, request: Awaitable[None]) -> None:
-        """Await a request made on ``sub``; a confirmation that does not come in
-        time means the session is broken."""
+    async def _read(
+        self, cmd: ValkeyConnection, history: History, topic: str, after: int | None
+    ) -> HistorySlice:
+        reply = await run_script(cmd, READ_SCRIPT, read_args(self.prefix, history, topic, after))
+        return parse_read_reply(reply, topic, after)
+
+    async def _baseline(self, cmd: ValkeyConnection, topic: str) -> None:
+        """Before subscribing ``topic`` (with history, and not subscribed yet), note
+        where it stands: a catch-up after a lost connection starts there, even if
+        no message was delivered in between."""
+        history = self._keeps(topic)
+        if history is None or topic in self._positions:
+            return
         try:
             with trio.fail_after(self.command_timeout):
-                await request
+                now = await self._read(cmd, history, topic, None)
         except (ValkeyUnavailable, trio.TooSlowError) as exc:
-            self._lost(str(exc) or "Valkey did not confirm in time", sub)
+            self._lost(str(exc) or "reading the history timed out", cmd)
             raise
+        self._positions.setdefault(topic, Position(now.latest, now.epoch))
+
+    async def _confirm(self, sub: ValkeySubscriber, request: Awaitable[None]) -> None:
+        """Await a request made on ``sub``; a confirmation that does not come within
+        ``command_timeout`` means the session is broken. That clock stops while the
+        reader is busy handing messages to (slow) local subscribers: it reads the
+        confirmation only after them."""
+        scope = trio.CancelScope()
+        if self._reader_busy:
+            scope.deadline = math.inf
+        else:
+            scope.deadline = trio.current_time() + self.command_timeout
+        self._confirms[scope] = self.command_timeout
+        try:
+            with scope:
+                await request
+        except ValkeyUnavailable as exc:
+            self._lost(str(exc), sub)
+            raise
+        finally:
+            del self._confirms[scope]
+        if scope.cancelled_caught:
+            self._lost("Valkey did not confirm in time", sub)
+            raise trio.TooSlowError
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """The reader hands over (or waits for a catch-up): stop the confirmations'
+        clock meanwhile."""
+        now = trio.current_time()
+        self._reader_busy = True
+        for scope in self._confirms:
+            self._confirms[scope] = max(scope.deadline - now, 0.0)
+            scope.deadline = math.inf
+        try:
+            yield
+        finally:
+            self._reader_busy = False
+            now = trio.current_time()
+            for scope, left in self._confirms.items():
+                scope.deadline = now + left
 
     async def _session(self) -> bool:
         """One connection's life; True if it became healthy."""
@@ -383,27 +552,72 @@ class ValkeyPubSub:
 
     async def _serve_session(self, cmd: ValkeyConnection, sub: ValkeySubscriber) -> bool:
         self._trouble = trouble = trio.Event()
+        # Held back from the first SUBSCRIBE until the catch-up is done.
+        self._backlog = backlog = _Backlog()
         healthy = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._listen, sub, trouble)
-            try:
-                # A server that accepts connections but answers nothing is not healthy.
-                with trio.fail_after(self.command_timeout):
-                    await cmd.execute("PING")
-                async with self._sub_lock:
-                    await self._reconcile(sub)
-            except (ValkeyUnavailable, ValkeyError, trio.TooSlowError) as exc:
-                self._failed(exc)
-            else:
-                healthy = True
-                self._connects += 1
-                self._set_state(connecting=False, session=(cmd, sub))
-                self._outage.ok()
-                await self._watch(cmd, sub, trouble)
-                # Only trouble ends the watch (cancellation raises): the session is lost.
-                self._outage.failed(self._last_error or "the connection to Valkey was lost")
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._listen, sub, trouble)
+                try:
+                    # A server that accepts connections but answers nothing is not healthy.
+                    with trio.fail_after(self.command_timeout):
+                        await cmd.execute("PING")
+                    async with self._sub_lock:
+                        await self._reconcile(cmd, sub)
+                except (ValkeyUnavailable, ValkeyError, trio.TooSlowError) as exc:
+                    self._failed(exc)
+                else:
+                    healthy = True
+                    self._connects += 1
+                    self._set_state(connecting=False, session=(cmd, sub))
+                    self._outage.ok()
+                    nursery.start_soon(self._catch_up, cmd, backlog)
+                    await self._watch(cmd, sub, trouble)
+                    # Only trouble ends the watch (cancellation raises): the session is lost.
+                    self._outage.failed(self._last_error or "the connection to Valkey was lost")
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._backlog is backlog:
+                self._backlog = None
+            backlog.done.set()
         return healthy
+
+    async def _catch_up(self, cmd: ValkeyConnection, backlog: _Backlog) -> None:
+        """Deliver what each local topic with history missed while this instance was
+        not subscribed, then the messages held back meanwhile, then go live
+        (delivery.md §11.3). No offset is delivered twice (``_hand_over``)."""
+        try:
+            for topic in list(self._positions):
+                await self._catch_up_topic(cmd, topic)
+        except (ValkeyUnavailable, trio.TooSlowError) as exc:
+            # The next session catches up from where this one got.
+            self._lost(str(exc) or "reading the history timed out", cmd)
+            return
+        while backlog.messages:
+            envelope, size = backlog.messages.popleft()
+            backlog.size -= size
+            await self._hand_over(envelope)
+        # Nothing awaited since the backlog was found empty: the reader goes live.
+        self._backlog = None
+        backlog.done.set()
+
+    async def _catch_up_topic(self, cmd: ValkeyConnection, topic: str) -> None:
+        last, history = self._positions.get(topic), self._keeps(topic)
+        if last is None or history is None:
+            return
+        try:
+            with trio.fail_after(self.command_timeout):
+                missed = await self._read(cmd, history, topic, last.offset)
+                if missed.epoch != last.epoch:
+                    # The history was lost (and maybe started again): everything in
+                    # the new epoch came after what was delivered here.
+                    missed = await self._read(cmd, history, topic, 0)
+        except ValkeyError as exc:
+            self._last_error = exc.message  # this topic cannot catch up; the others can
+            return
+        for envelope in missed.envelopes:
+            if await self._hand_over(envelope):
+                self._caught_up += 1
 
     async def _listen(self, sub: ValkeySubscriber, trouble: trio.Event) -> None:
         try:
@@ -427,25 +641,31 @@ class ValkeyPubSub:
                 with trio.fail_after(self.command_timeout):
                     await cmd.execute("PING")
                 async with self._sub_lock:
-                    await self._reconcile(sub)
+                    await self._reconcile(cmd, sub)
             except (ValkeyUnavailable, ValkeyError, trio.TooSlowError) as exc:
                 self._last_error = str(exc) or "health check timed out"
                 return
 
-    async def _reconcile(self, sub: ValkeySubscriber) -> None:
-        """Subscribe every local topic and nothing else (caller holds ``_sub_lock``)."""
+    async def _reconcile(self, cmd: ValkeyConnection, sub: ValkeySubscriber) -> None:
+        """Subscribe every local topic and nothing else (caller holds ``_sub_lock``);
+        forget the positions of topics no longer subscribed."""
         while True:
-            want = {self._channel(topic) for topic in self._local_topics()}
+            local = set(self._local_topics())
+            for topic in [t for t in self._positions if t not in local]:
+                del self._positions[topic]
+            want = {self._channel(topic) for topic in local}
             have = sub.channels
             missing, extra = want - have, have - want
             if not missing and not extra:
                 return
             if missing:
+                for channel in missing:
+                    await self._baseline(cmd, self._topic(channel))
                 await self._confirm(sub, sub.subscribe(*missing))
             if extra:
                 await self._confirm(sub, sub.unsubscribe(*extra))
 
-    def _on_message(self, channel: bytes, data: bytes) -> None:
+    async def _on_message(self, channel: bytes, data: bytes) -> None:
         self._received += 1
         try:
             envelope = Envelope.from_json(data)
@@ -455,4 +675,39 @@ class ValkeyPubSub:
         if self._channel(envelope.topic) != channel:
             self._malformed += 1
             return
-        self._deliver(envelope)
+        backlog = self._backlog
+        with self._busy():
+            if backlog is not None:
+                backlog.messages.append((envelope, len(data)))
+                backlog.size += len(data)
+                if backlog.size > _BACKLOG_BYTES:
+                    await backlog.done.wait()  # leave the rest in Valkey's buffer
+                return
+            await self._hand_over(envelope)
+
+    async def _hand_over(self, envelope: Envelope) -> bool:
+        """Deliver ``envelope`` locally unless its offset was delivered already; True
+        if it was. Once started, a delivery is finished (the hub bounds it), so it is
+        never half done and then done again by a catch-up."""
+        topic, offset, epoch = envelope.topic, envelope.offset, envelope.epoch
+        last = self._positions.get(topic)
+        if last is not None and offset is not None and epoch is not None:
+            if epoch == last.epoch and offset <= last.offset:
+                self._duplicates += 1
+                return False
+            self._positions[topic] = Position(offset, epoch)
+        with trio.CancelScope(shield=True):
+            await self._deliver(envelope)
+        return True
+
+
+class _Backlog:
+    """Messages received during a catch-up, in order, and their size in bytes."""
+
+    __slots__ = ("done", "messages", "size")
+
+    def __init__(self) -> None:
+        self.messages: deque[tuple[Envelope, int]] = deque()
+        self.size = 0
+        #: Set when the catch-up is over (or the session is).
+        self.done = trio.Event()
