@@ -29,14 +29,25 @@ from pubsub_app import (
     News,
     Publish,
     Topic,
+    TopicsState,
     make_router,
 )
 from valkey_server import ValkeyServerProcess
 
-from wskit_trio import ConfigurationError, Limits, Metrics, OutboundValidationError, Router
+from wskit_trio import (
+    ConfigurationError,
+    Context,
+    History,
+    Limits,
+    Metrics,
+    OutboundValidationError,
+    Router,
+    message,
+)
 from wskit_trio._protocol import frames
 from wskit_trio._protocol import pubsub as protocol_pubsub
-from wskit_trio.pubsub import MemoryPubSub, PublishResult, PubSubBackend, TopicPolicy
+from wskit_trio._protocol.pubsub import Envelope
+from wskit_trio.pubsub import MemoryPubSub, PublishResult, PubSubBackend, TopicPolicy, with_pubsub
 from wskit_trio.testing import Frame, TestApp, TestClient, open_test_app
 from wskit_trio.valkey import ValkeyPubSub
 
@@ -474,3 +485,42 @@ async def test_a_valkey_backend_serves_one_server_at_a_time(
         # Once the first has stopped, another server may use it.
         async with open_test_app(router) as again:
             assert again.server.pubsub.statistics().subscriptions == 0
+
+
+async def test_a_gap_in_a_topics_offsets_cuts_off_its_plain_subscribers_visibly() -> None:
+    # As a backend's catch-up after an outage longer than the history would hand them.
+    router = make_router(MemoryPubSub())
+    router.plugin(with_pubsub(history=History()))
+    router.on(JOIN_POSITIONS, join_with_positions)
+    with trio.fail_after(IO_TIMEOUT):
+        async with open_test_app(router, heartbeat=None) as app:
+            plain, positioned = await app.connect(), await app.connect()
+            await subscribe(plain, "feed")
+            await positioned.send(JOIN_POSITIONS, Topic("feed"))
+            assert (await positioned.receive()).type == TOPICS.type
+            hub = app.server.pubsub
+
+            def numbered(offset: int) -> Envelope:
+                return Envelope(
+                    "feed", "NEWS", {"text": "x", "seq": offset}, None, "o", None, offset, "e1"
+                )
+
+            for offset in (1, 2, 2, 4):  # a duplicate, then a gap
+                await hub.deliver(numbered(offset))
+            assert [(await receive_news(positioned)).raw["meta"]["offset"] for _ in range(3)] == [
+                1,
+                2,
+                4,
+            ]
+            assert [(await receive_news(plain)).payload["seq"] for _ in range(2)] == [1, 2]
+            assert await plain.wait_closed() == (1013, "messages lost")
+            assert positioned.closed is None
+            assert hub.statistics().cut_off == 1
+
+
+JOIN_POSITIONS = message("JOIN_POSITIONS", Topic)
+
+
+async def join_with_positions(ctx: Context[Topic, Any]) -> None:
+    await ctx.topics.subscribe(ctx.payload.topic, positions=True)
+    await ctx.send(TOPICS, TopicsState(topics=await ctx.topics.list(), has=True))

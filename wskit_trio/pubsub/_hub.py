@@ -112,7 +112,7 @@ class _Subscription:
 
 
 class _Topic:
-    __slots__ = ("failed", "lock", "ready", "subscribers")
+    __slots__ = ("epoch", "failed", "lock", "offset", "ready", "subscribers")
 
     def __init__(self) -> None:
         self.subscribers: dict[str, _Subscription] = {}
@@ -122,6 +122,9 @@ class _Topic:
         #: One delivery at a time per topic, in arrival order (trio's Lock is fair),
         #: so every subscriber sees one order (delivery.md §10.2).
         self.lock = trio.Lock()
+        #: The position of the last envelope delivered (topics with history).
+        self.epoch: str | None = None
+        self.offset = 0
 
 
 @attrs.frozen
@@ -435,6 +438,16 @@ class PubSubHub:
             return await self._deliver_locked(entry, envelope)
 
     async def _deliver_locked(self, entry: _Topic, envelope: Envelope) -> int:
+        if envelope.offset is not None:
+            if envelope.epoch == entry.epoch:
+                if envelope.offset <= entry.offset:
+                    return 0  # delivered already (a backend's catch-up overlapping)
+                if envelope.offset > entry.offset + 1:
+                    # Messages never reached this instance (an outage longer than the
+                    # history): subscribers without positions cannot see the gap, so
+                    # they are cut off visibly instead of robbed quietly (§10.3).
+                    self._cut_plain(entry)
+            entry.epoch, entry.offset = envelope.epoch, envelope.offset
         plain: str | None = None
         positioned: str | None = None
         replaces = self.policy.replaces(envelope.topic)
@@ -469,6 +482,13 @@ class PubSubHub:
                 self._cut(client_id)
                 conn.cut_off(1013, "slow consumer")
         return matched
+
+    def _cut_plain(self, entry: _Topic) -> None:
+        for client_id, subscription in list(entry.subscribers.items()):
+            if not subscription.positions and not subscription.cut:
+                self._cut_off += 1
+                self._cut(client_id)
+                subscription.conn.cut_off(1013, "messages lost")
 
     def _cut(self, client_id: str) -> None:
         """Deliver nothing more to a connection being cut off (its subscriptions go
