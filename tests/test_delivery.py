@@ -1,12 +1,20 @@
-"""Delivery guarantees (delivery.md §10 to §12) on the memory backend: arrival order,
-publish order, no silent gaps (back-pressure, then a visible 1013), history with
-positions, and recovery with no gap and no duplicate."""
+"""Delivery guarantees (delivery.md §10 to §12): arrival order, publish order, no
+silent gaps (back-pressure, then a visible 1013), history with positions, and
+recovery with no gap and no duplicate.
+
+Tests that take a ``backend`` run twice: on the memory backend and on
+``ValkeyPubSub`` over a real valkey-server (real time there). Those that need
+virtual time or only make sense in one process run on the memory backend; the
+Valkey-only ones (a burst to many subscribers and a 1013 in real time, recovery
+on another instance, an instance killed mid-stream, Valkey restarted) are in
+``test_delivery_valkey.py``."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +25,7 @@ import trio.lowlevel
 import trio.testing
 from _net import net_clock, running_server
 from _raw import RawSocket
+from valkey_server import ValkeyServerProcess
 
 from wskit_trio import (
     ConfigurationError,
@@ -30,10 +39,40 @@ from wskit_trio import (
     rpc,
     with_pubsub,
 )
-from wskit_trio.pubsub import TopicPolicy
+from wskit_trio.pubsub import MemoryPubSub, PubSubBackend, TopicPolicy
 from wskit_trio.testing import TestApp, TestClient, open_test_app
+from wskit_trio.valkey import ValkeyPubSub
 
 __all__ = ["net_clock"]
+
+
+@attrs.frozen
+class Backends:
+    """Makes fresh backends of one kind: ``memory``, or ``valkey`` (on one real
+    valkey-server with one fresh prefix, so they act as the instances of one
+    deployment; each serves one app at a time)."""
+
+    kind: str
+    make: Callable[[], PubSubBackend]
+
+    @property
+    def valkey(self) -> bool:
+        return self.kind == "valkey"
+
+
+def valkey_backends(server: ValkeyServerProcess) -> Backends:
+    prefix = f"delivery-{uuid.uuid4().hex[:8]}:"
+    return Backends(
+        "valkey", lambda: ValkeyPubSub.from_url(server.url, prefix=prefix, backoff_max=0.05)
+    )
+
+
+@pytest.fixture(params=["memory", "valkey"])
+def backend(request: pytest.FixtureRequest) -> Backends:
+    """Backends of the parametrized kind (a test taking it runs once on each)."""
+    if request.param == "memory":
+        return Backends("memory", MemoryPubSub)
+    return valkey_backends(request.getfixturevalue("valkey_server"))
 
 
 def reseed_scheduler(seed: int) -> None:
@@ -89,10 +128,13 @@ ALL_TOPICS = History()
 
 
 def make_router(
-    history: History | None = ALL_TOPICS, policy: TopicPolicy | None = None
+    history: History | None = ALL_TOPICS,
+    policy: TopicPolicy | None = None,
+    backend: PubSubBackend | None = None,
 ) -> Router[Any]:
+    """The app, on ``backend`` (a fresh memory one if ``None``)."""
     router: Router[Any] = Router()
-    router.plugin(with_pubsub(history=history, policy=policy))
+    router.plugin(with_pubsub(backend, history=history, policy=policy))
 
     @router.on(JOIN)
     async def join(ctx: Context[Join, Any]) -> None:
@@ -125,10 +167,14 @@ def make_router(
 
 @asynccontextmanager
 async def app_of(router: Router[Any], **options: Any) -> AsyncIterator[TestApp[Any]]:
-    """The app in memory, bounded: a test that hangs fails (in virtual time too)."""
+    """The app in memory, bounded: a test that hangs fails (in virtual time too). On
+    a Valkey backend it is connected (and subscribed) before the block starts."""
     _early.clear()
     with trio.fail_after(120):
         async with open_test_app(router, heartbeat=None, **options) as app:
+            if isinstance(router.pubsub.backend, ValkeyPubSub):
+                with trio.fail_after(5):
+                    await router.pubsub.backend.wait_healthy()
             yield app
 
 
@@ -196,10 +242,13 @@ async def test_a_burst_reaches_every_subscriber_whole_and_in_order(
         assert app.server.pubsub.statistics().cut_off == 0
 
 
-async def test_a_flood_of_publishing_events_reaches_a_reader_in_order() -> None:
-    count = 20_000
+@pytest.mark.parametrize("history", [None, ALL_TOPICS], ids=["plain", "history"])
+async def test_a_flood_of_publishing_events_reaches_a_reader_in_order(
+    backend: Backends, history: History | None
+) -> None:
+    count = 4_000 if backend.valkey else 20_000  # a Valkey round trip per message
     with trio.fail_after(60):
-        async with app_of(make_router(history=None)) as app:
+        async with app_of(make_router(history, backend=backend.make())) as app:
             reader, flooder = await app.connect(), await app.connect()
             await join(reader, "room")
 
@@ -214,12 +263,19 @@ async def test_a_flood_of_publishing_events_reaches_a_reader_in_order() -> None:
                 )
 
 
-@pytest.mark.parametrize("seed", range(10))
-async def test_pipelined_rpcs_publish_in_arrival_order(seed: int) -> None:
+@pytest.mark.parametrize("history", [None, ALL_TOPICS], ids=["plain", "history"])
+@pytest.mark.parametrize(
+    ("backend", "seed"),
+    [*(("memory", seed) for seed in range(10)), *(("valkey", seed) for seed in range(4))],
+    indirect=["backend"],
+)
+async def test_pipelined_rpcs_publish_in_arrival_order(
+    backend: Backends, history: History | None, seed: int
+) -> None:
     reseed_scheduler(seed)
     count, window = 1_000, 256
     with trio.fail_after(60):
-        async with app_of(make_router(history=None)) as app:
+        async with app_of(make_router(history, backend=backend.make())) as app:
             reader, publisher = await app.connect(), await app.connect()
             await join(reader, "room")
 
@@ -240,8 +296,8 @@ async def test_pipelined_rpcs_publish_in_arrival_order(seed: int) -> None:
             assert seqs == list(range(count))
 
 
-async def test_a_subscription_without_positions_gets_the_plain_frame() -> None:
-    async with app_of(make_router()) as app:
+async def test_a_subscription_without_positions_gets_the_plain_frame(backend: Backends) -> None:
+    async with app_of(make_router(backend=backend.make())) as app:
         plain, positioned = await app.connect(), await app.connect()
         await join(plain, "room")
         await join(positioned, "room", positions=True)
@@ -271,14 +327,15 @@ async def test_drop_oldest_topics_never_slow_the_publisher_and_gaps_show_in_offs
         # The writer's frame and the newest three the queue kept: the gap shows.
         with trio.fail_after(10):
             offsets = [raw["meta"]["offset"] for raw in await news(stalled, 4)]
-        assert offsets == [1, 48, 49, 50]
+        # (Which older ones survive depends on how the writer batched them.)
+        assert offsets == sorted(set(offsets)) and offsets[0] == 1 and offsets[-1] == 50
 
 
 # -- §11, §12: positions and recovery --------------------------------------------------
 
 
-async def test_recovery_replays_what_was_missed_then_goes_live() -> None:
-    async with app_of(make_router()) as app:
+async def test_recovery_replays_what_was_missed_then_goes_live(backend: Backends) -> None:
+    async with app_of(make_router(backend=backend.make())) as app:
         publisher = await app.connect()
         first = await app.connect()
         joined = await join(first, "room", positions=True)
@@ -300,9 +357,12 @@ async def test_recovery_replays_what_was_missed_then_goes_live() -> None:
         assert [raw["meta"]["offset"] for raw in got] == list(range(6, 12))
 
 
-async def test_recovery_while_publishing_has_no_gap_and_no_duplicate() -> None:
+async def test_recovery_while_publishing_has_no_gap_and_no_duplicate(
+    backend: Backends,
+) -> None:
     with trio.fail_after(30):
-        async with app_of(make_router(history=History(size=10_000))) as app:
+        router = make_router(history=History(size=10_000), backend=backend.make())
+        async with app_of(router) as app:
             publisher = await app.connect()
             watcher = await app.connect()
             epoch = (await join(watcher, "room", positions=True)).position.epoch
@@ -324,8 +384,10 @@ async def test_recovery_while_publishing_has_no_gap_and_no_duplicate() -> None:
             assert offsets == list(range(101, total + 1))
 
 
-async def test_a_wrong_epoch_or_a_position_older_than_the_history_recovers_nothing() -> None:
-    async with app_of(make_router(history=History(size=3))) as app:
+async def test_a_wrong_epoch_or_a_position_older_than_the_history_recovers_nothing(
+    backend: Backends,
+) -> None:
+    async with app_of(make_router(history=History(size=3), backend=backend.make())) as app:
         publisher, first = await app.connect(), await app.connect()
         epoch = (await join(first, "room", positions=True)).position.epoch
         for seq in range(10):
@@ -362,8 +424,8 @@ async def test_history_that_expired_starts_a_new_epoch(
         assert frame["meta"]["offset"] == 1 and frame["meta"]["epoch"] != before
 
 
-async def test_positions_need_a_topic_with_history() -> None:
-    router = make_router(history=History(topics=re.compile(r"kept:.*")))
+async def test_positions_need_a_topic_with_history(backend: Backends) -> None:
+    router = make_router(history=History(topics=re.compile(r"kept:.*")), backend=backend.make())
     async with app_of(router) as app:
         client = await app.connect()
         await client.send(JOIN, Join("room", positions=True))

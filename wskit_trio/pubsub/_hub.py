@@ -2,9 +2,11 @@
 
 The hub keeps which local connections subscribe to which topic. Publishing
 goes through the backend; whatever the backend brings back (for the memory
-backend, immediately) is encoded once and queued for each local subscriber
-without waiting, so a slow subscriber never holds up a publisher or the other
-subscribers: it meets its own queue's policy and the drop is counted.
+backend, immediately) is encoded once and queued for each local subscriber, in
+the topic's order. A subscriber whose queue is full slows the delivery for at
+most ``slow_consumer_timeout``, then is cut off with 1013: nothing is dropped
+quietly (delivery.md §10.3). Subscriptions with positions can recover what they
+missed from the backend's history (§12).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
@@ -21,7 +24,6 @@ import trio
 from .._context import ConnectionContext
 from .._errors import WsKitError
 from .._handle import ConnectionHandle
-from .._outbound import FrameKind
 from .._protocol.codes import ErrorCode
 from .._protocol.pubsub import (
     DEFAULT_TOPIC_PATTERN,
@@ -108,7 +110,7 @@ class _Subscription:
         #: Frames carry ``topic``/``offset``/``epoch`` meta (delivery.md §11.4).
         self.positions = positions
         #: While a recovery replays history: live envelopes wait here, in order.
-        self.buffer: list[Envelope] | None = None
+        self.buffer: deque[Envelope] | None = None
 
 
 class _Topic:
@@ -216,6 +218,9 @@ class PubSubHub:
         #: Each connection's topics, by client id.
         self._subscribed: dict[str, set[str]] = {}
         self._published = self._delivered = self._dropped = self._cut_off = 0
+        #: Live envelopes one recovering subscription may hold back (the history's
+        #: size: a recovery that cannot keep up with that is cut off, and recovers).
+        self._buffer_limit = config.history.size if config.history is not None else 1000
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Attach to the backend and run it until cancelled."""
@@ -276,7 +281,7 @@ class PubSubHub:
             # Asking again with positions: recover on the existing subscription.
             subscription = entry.subscribers[conn.client_id]
             subscription.positions = True
-            return await self._recover(topic, entry, subscription, since)
+            return await self._recover_or_forget(topic, subscription, since)
         if len(mine) >= self.policy.max_topics_per_connection:
             raise WsKitError(
                 ErrorCode.RESOURCE_EXHAUSTED,
@@ -288,7 +293,7 @@ class PubSubHub:
             entry = self._topics[topic] = _Topic()
         subscription = _Subscription(conn, wants_positions)
         if wants_positions:
-            subscription.buffer = []  # live first, buffered until the history is read
+            subscription.buffer = deque()  # live first, buffered until the history is read
         entry.subscribers[conn.client_id] = subscription
         mine.add(topic)
         if first:
@@ -312,22 +317,39 @@ class PubSubHub:
                 raise entry.failed
         if not wants_positions:
             return None
+        return await self._recover_or_forget(topic, subscription, since)
+
+    async def _recover_or_forget(
+        self, topic: str, subscription: _Subscription, since: Position | None
+    ) -> Recovery:
+        """:meth:`_recover`; if it fails (the backend is unreachable, the client cut
+        off or gone), the subscription is dropped, not left buffering forever."""
+        conn = subscription.conn
         try:
-            return await self._recover(topic, entry, subscription, since)
+            return await self._recover(topic, subscription, since)
         except BaseException:
             if self._forget(conn.client_id, topic):
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await self.backend.unsubscribe(topic)
             raise
 
+    async def _replay(self, subscription: _Subscription, envelope: Envelope) -> None:
+        """Queue one recovered frame; a subscriber whose queue stays full is cut off,
+        as in a live delivery."""
+        if not await subscription.conn.send_within(
+            envelope.frame_with_position(), self.slow_consumer_timeout
+        ):
+            self._cut_slow(subscription.conn.client_id, subscription)
+            raise WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Cut off while recovering")
+
     async def _recover(
-        self, topic: str, entry: _Topic, subscription: _Subscription, since: Position | None
+        self, topic: str, subscription: _Subscription, since: Position | None
     ) -> Recovery:
         """Replay what ``subscription`` missed since ``since`` (if the history still
         holds all of it), then what arrived live meanwhile, de-duplicated by offset,
         then go live: no gap, no duplicate (delivery.md §12.2)."""
         if subscription.buffer is None:
-            subscription.buffer = []
+            subscription.buffer = deque()
         after = since.offset if since is not None else None
         history = await self.backend.read_history(topic, after)
         recovered = (
@@ -336,7 +358,6 @@ class PubSubHub:
             and since.offset <= history.latest
             and history.complete
         )
-        conn = subscription.conn
         last = history.latest
         replayed = 0
         if recovered:
@@ -344,18 +365,23 @@ class PubSubHub:
             last = since.offset
             for envelope in history.envelopes:
                 if envelope.offset is not None and envelope.offset > last:
-                    await conn.send(envelope.frame_with_position(), FrameKind.PLAIN)
+                    await self._replay(subscription, envelope)
                     last = envelope.offset
                     replayed += 1
         epoch = history.epoch
         buffer = subscription.buffer
         while buffer:
-            envelope = buffer.pop(0)
+            envelope = buffer.popleft()
             if envelope.epoch != epoch or envelope.offset is None or envelope.offset > last:
-                await conn.send(envelope.frame_with_position(), FrameKind.PLAIN)
+                await self._replay(subscription, envelope)
                 if envelope.offset is not None:
                     epoch, last = envelope.epoch or epoch, envelope.offset
         subscription.buffer = None  # live from here: nothing awaited since the last check
+        entry = self._topics.get(topic)
+        if entry is not None and (entry.epoch != epoch or entry.offset < last):
+            # What was replayed counts as delivered here: a backend's late catch-up
+            # of the same offsets is not delivered twice.
+            entry.epoch, entry.offset = epoch, last
         return Recovery(bool(recovered), Position(last, epoch), replayed)
 
     def _drop_entry(self, topic: str, entry: _Topic) -> None:
@@ -434,8 +460,17 @@ class PubSubHub:
         entry = self._topics.get(envelope.topic)
         if entry is None:
             return 0
-        async with entry.lock:
+        lock = entry.lock
+        try:
+            # Not ``async with``: taking a free lock must not yield, or every publish
+            # would wake every subscriber's writer for one frame (no batching).
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             return await self._deliver_locked(entry, envelope)
+        finally:
+            lock.release()
 
     async def _deliver_locked(self, entry: _Topic, envelope: Envelope) -> int:
         if envelope.offset is not None:
@@ -458,6 +493,10 @@ class PubSubHub:
                 continue
             matched += 1
             if subscription.buffer is not None:
+                if len(subscription.buffer) >= self._buffer_limit:
+                    # Recovering slower than the topic moves: cut off, it will recover.
+                    self._cut_slow(client_id, subscription)
+                    continue
                 subscription.buffer.append(envelope)
                 continue
             if subscription.positions:
@@ -472,23 +511,26 @@ class PubSubHub:
             if replaces:
                 conn.send_replacing(frame)
                 self._delivered += 1
-            elif conn.send_nowait(frame) or await conn.send_within(
-                frame, self.slow_consumer_timeout
-            ):
+            elif await conn.send_within(frame, self.slow_consumer_timeout):
                 self._delivered += 1
-            elif not subscription.cut and entry.subscribers.get(client_id) is subscription:
+            elif entry.subscribers.get(client_id) is subscription:
                 # Its queue stayed full (or it closed meanwhile): cut it off visibly.
-                self._cut_off += 1
-                self._cut(client_id)
-                conn.cut_off(1013, "slow consumer")
+                self._cut_slow(client_id, subscription)
         return matched
+
+    def _cut_slow(self, client_id: str, subscription: _Subscription) -> None:
+        if not subscription.cut:
+            self._cut_off += 1
+            self._cut(client_id)
+            subscription.conn.cut_off(1013, "slow consumer")
 
     def _cut_plain(self, entry: _Topic) -> None:
         for client_id, subscription in list(entry.subscribers.items()):
             if not subscription.positions and not subscription.cut:
                 self._cut_off += 1
                 self._cut(client_id)
-                subscription.conn.cut_off(1013, "messages lost")
+                # What it has queued is sound: it goes out, then the close.
+                subscription.conn.close_soon(1013, "messages lost")
 
     def _cut(self, client_id: str) -> None:
         """Deliver nothing more to a connection being cut off (its subscriptions go

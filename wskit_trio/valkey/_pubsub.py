@@ -384,7 +384,9 @@ class ValkeyPubSub:
                     await cmd.execute("PUBLISH", self._channel(envelope.topic), envelope.to_json())
                 else:
                     args = publish_args(self.prefix, history, envelope)
-                    position = parse_publish_reply(await run_script(cmd, PUBLISH_SCRIPT, args))
+                    position = parse_publish_reply(
+                        await run_script(cmd, PUBLISH_SCRIPT, args, ordered=True)
+                    )
         except ValkeyUnavailable as exc:
             self._lost(str(exc), cmd)
             return self._unavailable()
