@@ -110,19 +110,20 @@ class Connection(Generic[D]):
     def send_replacing(self, frame: str) -> bool:
         return self._outbox.put_replacing(frame)
 
-    def cut_off(self, code: int, reason: str) -> None:
+    def cut_off(self, code: int, reason: str) -> bool:
         """Close a client that cannot keep up, visibly: the frames queued for it are
         dropped, what the writer already holds goes out, then the close frame; its
         RPCs are cancelled. A client that reads nothing more is cut after
         ``limits.close_timeout``."""
         if self._outbox.closed:
-            return
+            return False
         self._close_code, self._close_reason = code, reason
         self._outbox.close(discard=True)
         self._cancel_rpcs()
         if self._nursery is not None and not self._finished.is_set():
             with contextlib.suppress(RuntimeError):  # the nursery is already closing
                 self._nursery.start_soon(self._cut_off_after_close_timeout)
+        return True
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -98,8 +98,9 @@ class ConnectionHandle(Protocol):
         """Queue a frame that supersedes older ones: when full, the oldest make room."""
         ...
 
-    def cut_off(self, code: int, reason: str) -> None:
-        """Close a client that cannot keep up: queued frames dropped, close ``code``."""
+    def cut_off(self, code: int, reason: str) -> bool:
+        """Close a client that cannot keep up: queued frames dropped, close ``code``.
+        ``False`` if it was closing already."""
         ...
 
     def close_soon(self, code: int = 1000, reason: str = "") -> None:

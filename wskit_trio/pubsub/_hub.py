@@ -101,7 +101,7 @@ class PubSubStatistics:
 class _Subscription:
     """One connection's subscription to one topic."""
 
-    __slots__ = ("buffer", "conn", "cut", "positions")
+    __slots__ = ("buffer", "conn", "cut", "floor", "positions")
 
     def __init__(self, conn: ConnectionHandle, positions: bool) -> None:
         self.conn = conn
@@ -111,6 +111,8 @@ class _Subscription:
         self.positions = positions
         #: While a recovery replays history: live envelopes wait here, in order.
         self.buffer: deque[Envelope] | None = None
+        #: After a recovery: what it sent up to (live envelopes up to it are skipped).
+        self.floor: Position | None = None
 
 
 class _Topic:
@@ -377,11 +379,10 @@ class PubSubHub:
                 if envelope.offset is not None:
                     epoch, last = envelope.epoch or epoch, envelope.offset
         subscription.buffer = None  # live from here: nothing awaited since the last check
-        entry = self._topics.get(topic)
-        if entry is not None and (entry.epoch != epoch or entry.offset < last):
-            # What was replayed counts as delivered here: a backend's late catch-up
-            # of the same offsets is not delivered twice.
-            entry.epoch, entry.offset = epoch, last
+        # Live envelopes this instance has yet to receive may be among those just
+        # replayed (the history read can be ahead of the live stream): this
+        # subscription skips them; the topic's other subscribers still need them.
+        subscription.floor = Position(last, epoch)
         return Recovery(bool(recovered), Position(last, epoch), replayed)
 
     def _drop_entry(self, topic: str, entry: _Topic) -> None:
@@ -499,6 +500,15 @@ class PubSubHub:
                     continue
                 subscription.buffer.append(envelope)
                 continue
+            floor = subscription.floor
+            if floor is not None:
+                if (
+                    envelope.offset is not None
+                    and envelope.epoch == floor.epoch
+                    and envelope.offset <= floor.offset
+                ):
+                    continue  # its recovery replayed this one already
+                subscription.floor = None
             if subscription.positions:
                 if positioned is None:
                     positioned = envelope.frame_with_position()
@@ -520,9 +530,9 @@ class PubSubHub:
 
     def _cut_slow(self, client_id: str, subscription: _Subscription) -> None:
         if not subscription.cut:
-            self._cut_off += 1
             self._cut(client_id)
-            subscription.conn.cut_off(1013, "slow consumer")
+            if subscription.conn.cut_off(1013, "slow consumer"):
+                self._cut_off += 1  # (not one that was closing anyway)
 
     def _cut_plain(self, entry: _Topic) -> None:
         for client_id, subscription in list(entry.subscribers.items()):
