@@ -101,8 +101,8 @@ class Connection(Generic[D]):
     async def send(self, frame: str, kind: FrameKind) -> bool:
         return await self._outbox.put(frame, kind)
 
-    def send_nowait(self, frame: str) -> bool:
-        return self._outbox.put_nowait(frame)
+    def offer(self, frame: str) -> bool:
+        return self._outbox.offer(frame)
 
     async def send_within(self, frame: str, patience: float) -> bool:
         return await self._outbox.put_within(frame, patience)

@@ -85,8 +85,8 @@ class ConnectionHandle(Protocol):
         """Queue an encoded frame (the queue's policy applies; see ``Outbox.put``)."""
         ...
 
-    def send_nowait(self, frame: str) -> bool:
-        """Queue a frame without waiting; ``False`` if the queue refused it."""
+    def offer(self, frame: str) -> bool:
+        """Queue a frame if there is room now; ``False`` (nothing queued) if not."""
         ...
 
     async def send_within(self, frame: str, patience: float) -> bool:

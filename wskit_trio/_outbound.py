@@ -169,6 +169,14 @@ class Outbox:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return queued
 
+    def offer(self, frame: str) -> bool:
+        """Queue a plain frame if that needs no wait: the fast path of a pub/sub
+        delivery (:meth:`put_within` is the slow one). ``False``: nothing queued,
+        nothing counted as dropped."""
+        if self._closed or (self.policy == "wait" and self._full()):
+            return False
+        return self.put_nowait(frame)
+
     async def put_within(self, frame: str, patience: float) -> bool:
         """Queue a plain frame, waiting at most ``patience`` seconds for room (a pub/sub
         delivery to a slow subscriber: delivery.md §10.3). ``False`` if there was no

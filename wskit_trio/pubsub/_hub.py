@@ -92,7 +92,9 @@ class PubSubStatistics:
     subscriptions: int
     published: int
     delivered: int
-    #: Frames a subscriber lost to an explicit ``drop_oldest`` (topic or connection).
+    #: Deliveries refused outright. A delivery waits or cuts its subscriber off, so
+    #: this stays 0; frames a ``drop_oldest`` queue evicts are counted by that
+    #: connection (``ctx.statistics().outbox.dropped``).
     dropped: int
     #: Subscribers closed with 1013 because their queue stayed full.
     cut_off: int = 0
@@ -338,9 +340,9 @@ class PubSubHub:
     async def _replay(self, subscription: _Subscription, envelope: Envelope) -> None:
         """Queue one recovered frame; a subscriber whose queue stays full is cut off,
         as in a live delivery."""
-        if not await subscription.conn.send_within(
-            envelope.frame_with_position(), self.slow_consumer_timeout
-        ):
+        frame = envelope.frame_with_position()
+        conn = subscription.conn
+        if not (conn.offer(frame) or await conn.send_within(frame, self.slow_consumer_timeout)):
             self._cut_slow(subscription.conn.client_id, subscription)
             raise WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Cut off while recovering")
 
@@ -521,7 +523,7 @@ class PubSubHub:
             if replaces:
                 conn.send_replacing(frame)
                 self._delivered += 1
-            elif await conn.send_within(frame, self.slow_consumer_timeout):
+            elif conn.offer(frame) or await conn.send_within(frame, self.slow_consumer_timeout):
                 self._delivered += 1
             elif entry.subscribers.get(client_id) is subscription:
                 # Its queue stayed full (or it closed meanwhile): cut it off visibly.
