@@ -413,15 +413,16 @@ async def test_fan_out_encodes_once(monkeypatch: pytest.MonkeyPatch) -> None:
             assert metrics.statistics().frames_out["NEWS"] == 1000
 
 
-async def test_a_stalled_subscriber_delays_the_others_once_then_is_cut_off_with_1013(
+async def test_stalled_subscribers_delay_the_others_once_then_are_cut_off_with_1013(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     limits = Limits(outbound_queue=4, slow_consumer_timeout=5.0)
     with trio.fail_after(IO_TIMEOUT * 10):
         async with serving(MemoryPubSub, limits=limits) as (app, router):
-            stalled = await app.connect(client_buffer=1)  # never reads
+            # Two that never read: still one bound in all, not one each.
+            stalled_ones = [await app.connect(client_buffer=1) for _ in range(2)]
             readers = [await app.connect() for _ in range(3)]
-            for client in (stalled, *readers):
+            for client in (*stalled_ones, *readers):
                 await subscribe(client, "feed")
             start = trio.current_time()
             count = 50
@@ -438,11 +439,12 @@ async def test_a_stalled_subscriber_delays_the_others_once_then_is_cut_off_with_
                     assert (await router.publish("feed", NEWS, News("x", seq))).ok
             # Every reader got every message, in order: nothing dropped quietly.
             assert all(seqs == list(range(count)) for seqs in got.values())
-            # The publisher waited for the stalled one once, for the bound, then it
-            # was cut off visibly and publishing went on at full speed.
+            # The publisher waited once, for the bound, then both were cut off
+            # visibly and publishing went on at full speed.
             assert trio.current_time() - start == limits.slow_consumer_timeout
-            assert await stalled.wait_closed() == (1013, "slow consumer")
-            assert app.server.pubsub.statistics().cut_off == 1
+            for stalled in stalled_ones:
+                assert await stalled.wait_closed() == (1013, "slow consumer")
+            assert app.server.pubsub.statistics().cut_off == 2
             await trio.testing.wait_all_tasks_blocked()  # its connection has ended
             assert app.server.pubsub.subscribers("feed") == 3
 
