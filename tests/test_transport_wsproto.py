@@ -486,6 +486,7 @@ async def test_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     server_ctx, client_ctx = tls
     with trio.fail_after(TIMEOUT):
         async with running(echo_router(), ssl_context=server_ctx) as server:
+            assert server.url == f"wss://127.0.0.1:{server.port}"
             client, accepted = await Client.connect(server, tls=client_ctx)
             assert isinstance(accepted, ev.AcceptConnection)
             for text in ("one", "two"):
