@@ -29,6 +29,7 @@ __all__ = [
     "RawClient",
     "close_of",
     "net_clock",
+    "ready_port",
     "recv_json",
     "running_server",
     "send_json",
@@ -110,3 +111,16 @@ class RawClient:
                 return event
             data = await self.stream.receive_some(65536)
             self.ws.receive_data(data or None)
+
+
+async def ready_port(process: trio.Process) -> int:
+    """The port a child server announces with its first line, ``READY <port>``."""
+    assert process.stdout is not None
+    data = b""
+    while b"\n" not in data:
+        chunk = await process.stdout.receive_some()
+        assert chunk, f"instance exited before it was ready (status {process.poll()})"
+        data += chunk
+    word, port = data.split(b"\n")[0].split()
+    assert word == b"READY"
+    return int(port)

@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 import trio.testing
+from _net import ready_port
 from _raw import RawSocket
 from test_delivery import (
     ALL_TOPICS,
@@ -260,15 +261,7 @@ async def _start_delivery_instance(url: str, prefix: str) -> tuple[trio.Process,
         stdout=subprocess.PIPE,
         cwd=TESTS,
     )
-    assert process.stdout is not None
-    data = b""
-    while b"\n" not in data:
-        chunk = await process.stdout.receive_some()
-        assert chunk, f"instance exited before it was ready (status {process.poll()})"
-        data += chunk
-    word, port = data.split(b"\n")[0].split()
-    assert word == b"READY"
-    return process, int(port)
+    return process, await ready_port(process)
 
 
 async def test_an_instance_killed_mid_stream(valkey_server: ValkeyServerProcess) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from _net import ready_port
 from pubsub_app import NEWS, PUBLISH, SUBSCRIBE, UNSUBSCRIBE, News, Publish, Topic, make_router
 from valkey_server import ValkeyServerProcess, free_port
 from wsclient import WsClient, open_client
@@ -429,15 +430,7 @@ async def _start_instance(url: str, prefix: str) -> tuple[trio.Process, int]:
     process = await trio.lowlevel.open_process(
         [sys.executable, str(script), url, prefix], stdout=-1
     )
-    assert process.stdout is not None
-    data = b""
-    while b"\n" not in data:
-        chunk = await process.stdout.receive_some()
-        assert chunk, f"instance exited before it was ready (status {process.poll()})"
-        data += chunk
-    word, port = data.split(b"\n")[0].split()
-    assert word == b"READY"
-    return process, int(port)
+    return process, await ready_port(process)
 
 
 async def test_two_processes_see_each_others_publishes(valkey_server: ValkeyServerProcess) -> None:

@@ -181,8 +181,10 @@ class Outbox:
         """Queue a plain frame, waiting at most ``patience`` seconds for room (a pub/sub
         delivery to a slow subscriber: delivery.md §10.3). ``False`` if there was no
         room in time, or the outbox closed: nothing was queued."""
-        if not self._full() or self.policy != "wait":
-            return self.put_nowait(frame)
+        if self.offer(frame):
+            return True
+        if self._closed or self.policy != "wait":
+            return False  # (under the other policies ``offer`` already decided)
         with trio.move_on_after(patience):
             while self._full() and not self._closed:
                 await self._writable.park()

@@ -92,11 +92,9 @@ class PubSubStatistics:
     subscriptions: int
     published: int
     delivered: int
-    #: Deliveries refused outright. A delivery waits or cuts its subscriber off, so
-    #: this stays 0; frames a ``drop_oldest`` queue evicts are counted by that
-    #: connection (``ctx.statistics().outbox.dropped``).
-    dropped: int
-    #: Subscribers closed with 1013 because their queue stayed full.
+    #: Subscribers closed with 1013 (a queue that stayed full, or messages lost).
+    #: Nothing is dropped here; frames a ``drop_oldest`` queue evicts are counted by
+    #: that connection (``ctx.statistics().outbox.dropped``).
     cut_off: int = 0
 
 
@@ -221,7 +219,7 @@ class PubSubHub:
         self._topics: dict[str, _Topic] = {}
         #: Each connection's topics, by client id.
         self._subscribed: dict[str, set[str]] = {}
-        self._published = self._delivered = self._dropped = self._cut_off = 0
+        self._published = self._delivered = self._cut_off = 0
         #: Live envelopes one recovering subscription may hold back (the history's
         #: size: a recovery that cannot keep up with that is cut off, and recovers).
         self._buffer_limit = config.history.size if config.history is not None else 1000
@@ -241,7 +239,6 @@ class PubSubHub:
             subscriptions=sum(len(t.subscribers) for t in self._topics.values()),
             published=self._published,
             delivered=self._delivered,
-            dropped=self._dropped,
             cut_off=self._cut_off,
         )
 
@@ -341,8 +338,7 @@ class PubSubHub:
         """Queue one recovered frame; a subscriber whose queue stays full is cut off,
         as in a live delivery."""
         frame = envelope.frame_with_position()
-        conn = subscription.conn
-        if not (conn.offer(frame) or await conn.send_within(frame, self.slow_consumer_timeout)):
+        if not await subscription.conn.send_within(frame, self.slow_consumer_timeout):
             self._cut_slow(subscription.conn.client_id, subscription)
             raise WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Cut off while recovering")
 

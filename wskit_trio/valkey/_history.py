@@ -193,17 +193,16 @@ def parse_read_reply(reply: Any, topic: str, after: int | None) -> HistorySlice:
     return HistorySlice(epoch, latest, tuple(envelopes), complete)
 
 
-async def run_script(
-    conn: ValkeyConnection, script: Script, args: tuple[Arg, ...], *, ordered: bool = False
-) -> Any:
+async def run_script(conn: ValkeyConnection, script: Script, args: tuple[Arg, ...]) -> Any:
     """``EVALSHA``, or ``EVAL`` when Valkey does not have the script (yet, or any more).
-
-    ``ordered`` calls (publishes) always send ``EVAL``: commands on one connection
-    run in the order sent, but after a ``NOSCRIPT`` the retries of calls already in
-    flight would go out in whatever order their tasks wake, and publish order is a
-    promise (delivery.md §10.2). Valkey caches the compiled script either way."""
-    if ordered:
-        return await conn.execute("EVAL", script.source, *args)
+    Not for publishes: after a ``NOSCRIPT`` the retries of calls in flight would go
+    out in whatever order their tasks wake (see ``ValkeyPubSub.publish``)."""
+    try:
+        return await conn.execute("EVALSHA", script.sha, *args)
+    except ValkeyError as exc:
+        if exc.kind != "NOSCRIPT":
+            raise
+    return await conn.execute("EVAL", script.source, *args)
     try:
         return await conn.execute("EVALSHA", script.sha, *args)
     except ValkeyError as exc:

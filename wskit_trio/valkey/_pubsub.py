@@ -384,9 +384,11 @@ class ValkeyPubSub:
                     await cmd.execute("PUBLISH", self._channel(envelope.topic), envelope.to_json())
                 else:
                     args = publish_args(self.prefix, history, envelope)
-                    position = parse_publish_reply(
-                        await run_script(cmd, PUBLISH_SCRIPT, args, ordered=True)
-                    )
+                    # Always EVAL: commands on one connection run in the order sent,
+                    # and publish order is a promise (delivery.md §10.2); an EVALSHA
+                    # retried after NOSCRIPT would lose it. Valkey caches the script.
+                    reply = await cmd.execute("EVAL", PUBLISH_SCRIPT.source, *args)
+                    position = parse_publish_reply(reply)
         except ValkeyUnavailable as exc:
             self._lost(str(exc), cmd)
             return self._unavailable()
