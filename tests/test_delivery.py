@@ -88,6 +88,7 @@ class Join:
     topic: str
     positions: bool = False
     since: Position | None = None
+    drop_oldest: bool = False
 
 
 @attrs.frozen
@@ -142,10 +143,12 @@ def make_router(
     async def join(ctx: Context[Join, Any]) -> None:
         p = ctx.payload
         if not p.positions and p.since is None:
-            await ctx.topics.subscribe(p.topic)
+            await ctx.topics.subscribe(p.topic, drop_oldest=p.drop_oldest)
             await ctx.send(SUBSCRIBED)
             return
-        recovery = await ctx.topics.subscribe(p.topic, positions=True, since=p.since)
+        recovery = await ctx.topics.subscribe(
+            p.topic, positions=True, since=p.since, drop_oldest=p.drop_oldest
+        )
         await ctx.send(JOINED, Joined(recovery.recovered, recovery.position, recovery.replayed))
 
     @router.on(SAY)
@@ -331,6 +334,111 @@ async def test_drop_oldest_topics_never_slow_the_publisher_and_gaps_show_in_offs
             offsets = [raw["meta"]["offset"] for raw in await news(stalled, 4)]
         # (Which older ones survive depends on how the writer batched them.)
         assert offsets == sorted(set(offsets)) and offsets[0] == 1 and offsets[-1] == 50
+
+
+async def test_a_drop_oldest_topic_never_costs_another_topic_a_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    policy = TopicPolicy(drop_oldest=re.compile(r"cursor:.*"))
+    limits = Limits(outbound_queue=8)
+    async with app_of(make_router(policy=policy), limits=limits) as app:
+        watcher = await app.connect(client_buffer=0)  # reads nothing for now
+        await join(watcher, "cursor:1", positions=True)
+        await join(watcher, "room", positions=True)
+        publisher = await app.connect()
+        # Interleaved: chat the watcher must get whole, cursors it may skip.
+        for seq in range(6):
+            await publisher.send(SAY, Say("room", seq))
+            for _ in range(5):
+                await publisher.send(SAY, Say("cursor:1", seq))
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.closed is None
+        kept: dict[str, list[int]] = {"room": [], "cursor:1": []}
+        with trio.fail_after(10):
+            while len(kept["room"]) < 6 or kept["cursor:1"][-1:] != [30]:
+                raw = (await news(watcher, 1))[0]
+                kept[raw["meta"]["topic"]].append(raw["meta"]["offset"])
+        assert kept["room"] == [1, 2, 3, 4, 5, 6]  # every chat frame, in order
+        cursors = kept["cursor:1"]
+        assert cursors == sorted(set(cursors)) and len(cursors) < 30  # superseded ones went
+        assert watcher.connection.statistics().outbox.dropped == 30 - len(cursors)
+
+
+async def test_a_connection_opts_into_drop_oldest_for_its_own_subscription(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = Limits(outbound_queue=4)
+    async with app_of(make_router(), limits=limits) as app:
+        lossy = await app.connect(client_buffer=0)  # reads nothing for now
+        await join(lossy, "game", positions=True, drop_oldest=True)
+        strict = await app.connect()
+        await join(strict, "game", positions=True)
+        publisher = await app.connect()
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+
+            async def read_all() -> None:
+                assert offsets_of(await news(strict, 50)) == list(range(1, 51))
+
+            nursery.start_soon(read_all)
+            for seq in range(50):
+                await publisher.send(SAY, Say("game", seq))
+        assert trio.current_time() == start  # nobody waited for the lossy one
+        assert lossy.closed is None
+        with trio.fail_after(10):
+            kept = offsets_of(await news(lossy, 4))
+        assert kept == sorted(set(kept)) and kept[-1] == 50 and len(kept) < 50
+
+
+async def test_a_recovery_into_a_queue_that_stays_full_is_cut_off_within_the_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bound = 5.0
+    limits = Limits(outbound_queue=8, slow_consumer_timeout=bound)
+    async with app_of(make_router(), limits=limits) as app:
+        publisher = await app.connect()
+        epoch = (await join(publisher, "room", positions=True)).position.epoch
+        for seq in range(100):
+            await publisher.send(SAY, Say("room", seq))
+        assert len(await news(publisher, 100)) == 100
+        stalled = await app.connect(client_buffer=0)  # reads nothing for now
+        await stalled.send(JOIN, Join("room", since=Position(0, epoch)))
+        # The replay waits for room like a live delivery: for the bound, then 1013.
+        await trio.sleep(bound - 0.01)
+        assert app.server.pubsub.statistics().cut_off == 0
+        await trio.sleep(0.02)
+        assert app.server.pubsub.statistics().cut_off == 1
+        assert await stalled.wait_closed() == (1013, "slow consumer")
+        # The others are not held up by it any longer.
+        await publisher.send(SAY, Say("room", 100))
+        assert offsets_of(await news(publisher, 1)) == [101]
+
+
+async def test_a_recovery_outrun_by_the_topic_is_cut_off_when_its_buffer_is_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = Limits(outbound_queue=8)
+    async with app_of(make_router(history=History(size=20)), limits=limits) as app:
+        publisher = await app.connect()
+        epoch = (await join(publisher, "room", positions=True)).position.epoch
+        for seq in range(10):
+            await publisher.send(SAY, Say("room", seq))
+        stalled = await app.connect(client_buffer=0)  # reads nothing for now
+        await stalled.send(JOIN, Join("room", since=Position(0, epoch)))
+        await trio.testing.wait_all_tasks_blocked()  # its replay waits for room
+        start = trio.current_time()
+        # Live messages wait for the replay, up to the history's size, not for ever.
+        for seq in range(10, 40):
+            await publisher.send(SAY, Say("room", seq))
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.current_time() == start  # nobody waited for it
+        assert app.server.pubsub.statistics().cut_off == 1
+        assert await stalled.wait_closed() == (1013, "slow consumer")
+        assert offsets_of(await news(publisher, 40)) == list(range(1, 41))
+
+
+def offsets_of(frames: list[dict[str, Any]]) -> list[int]:
+    return [frame["meta"]["offset"] for frame in frames]
 
 
 # -- §11, §12: positions and recovery --------------------------------------------------

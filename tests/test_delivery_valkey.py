@@ -163,6 +163,38 @@ async def test_a_stalled_subscriber_is_cut_off_with_1013_within_the_bound(
             assert kept == list(range(1, len(kept) + 1)) and len(kept) < count
 
 
+async def test_a_stalled_local_subscriber_slows_the_publisher_through_valkey(
+    valkey_server: ValkeyServerProcess,
+) -> None:
+    # The message comes back from Valkey, but the back-pressure still reaches the
+    # publishing handler: it does not run ahead of a full queue into Valkey.
+    count, bound = 300, 1.0
+    limits = Limits(outbound_queue=16, slow_consumer_timeout=bound)
+    with trio.fail_after(15):
+        async with instances(valkey_server, 1, limits=limits) as (app,):
+            stalled = await app.connect(client_buffer=0)  # reads nothing from now on
+            await join(stalled, "room", positions=True)
+            reader = await app.connect()
+            await join(reader, "room", positions=True)
+            start = trio.current_time()
+            got: list[dict[str, Any]] = []
+
+            async def read() -> None:
+                got.extend(await news(reader, count))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await reader.send(BURST, Burst("room", count))
+                await trio.sleep(bound / 2)  # (real time: the stall lasts ``bound``)
+                backend = app.server.pubsub.backend
+                midway = (await backend.read_history("room", None)).latest
+                # About one queue's worth, not the whole burst (~10 ms without it).
+                assert midway < count // 3, midway
+            assert offsets(got) == list(range(1, count + 1))
+            assert trio.current_time() - start >= bound
+            assert await stalled.wait_closed() == (1013, "slow consumer")
+
+
 async def test_pipelined_publishes_keep_their_order_when_valkey_lacks_the_script(
     valkey_server: ValkeyServerProcess,
 ) -> None:

@@ -97,6 +97,24 @@ async def test_drop_oldest_drops_progress_first_then_plain_never_terminal() -> N
     assert await full.get_batch() == ["t"]
 
 
+async def test_put_replacing_evicts_only_its_own_group() -> None:
+    outbox = Outbox(3)
+    assert outbox.put_replacing("cursor1", "cursor")
+    assert outbox.put_nowait("chat1")
+    assert outbox.put_replacing("state1", "state")
+    # Full: the oldest cursor frame makes room, nothing else.
+    assert outbox.put_replacing("cursor2", "cursor")
+    assert outbox.put_replacing("cursor3", "cursor")
+    assert outbox.dropped == 2
+    # No frame of this group left to supersede: refused, nothing dropped.
+    stuffed = Outbox(2)
+    assert stuffed.put_nowait("chat1") and stuffed.put_replacing("state1", "state")
+    assert not stuffed.put_replacing("cursor1", "cursor")
+    assert stuffed.dropped == 0
+    assert await outbox.get_batch() == ["chat1", "state1", "cursor3"]
+    assert await stuffed.get_batch() == ["chat1", "state1"]
+
+
 def test_close_policy_overflows_instead_of_queueing() -> None:
     outbox = Outbox(1, "close")
     assert outbox.put_nowait("a")

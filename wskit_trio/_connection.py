@@ -107,8 +107,8 @@ class Connection(Generic[D]):
     async def send_within(self, frame: str, patience: float) -> bool:
         return await self._outbox.put_within(frame, patience)
 
-    def send_replacing(self, frame: str) -> bool:
-        return self._outbox.put_replacing(frame)
+    def send_replacing(self, frame: str, group: str) -> bool:
+        return self._outbox.put_replacing(frame, group)
 
     def cut_off(self, code: int, reason: str) -> bool:
         """Close a client that cannot keep up, visibly: the frames queued for it are

@@ -61,17 +61,27 @@ class Topics:
         self._ctx = ctx
 
     @overload
-    async def subscribe(self, topic: str) -> None: ...
+    async def subscribe(self, topic: str, *, drop_oldest: bool = False) -> None: ...
     @overload
     async def subscribe(
-        self, topic: str, *, positions: Literal[True], since: Position | None = None
+        self,
+        topic: str,
+        *,
+        positions: Literal[True],
+        since: Position | None = None,
+        drop_oldest: bool = False,
     ) -> Recovery: ...
     @overload
     async def subscribe(
-        self, topic: str, *, positions: bool = False, since: Position
+        self, topic: str, *, positions: bool = False, since: Position, drop_oldest: bool = False
     ) -> Recovery: ...
     async def subscribe(
-        self, topic: str, *, positions: bool = False, since: Position | None = None
+        self,
+        topic: str,
+        *,
+        positions: bool = False,
+        since: Position | None = None,
+        drop_oldest: bool = False,
     ) -> Recovery | None:
         """Subscribe; returns once the backend confirmed the topic.
 
@@ -79,9 +89,14 @@ class Topics:
         frames of this topic carry ``meta.topic/offset/epoch`` and the answer is a
         :class:`Recovery`: with ``since``, every message after it is replayed first
         when the history still holds them all (``recovered``), with no gap and no
-        duplicate before the live ones (delivery.md §12)."""
+        duplicate before the live ones (delivery.md §12). ``drop_oldest``: this
+        connection takes the topic's messages as superseding each other, like a
+        ``TopicPolicy.drop_oldest`` topic (its full queue drops the topic's oldest
+        frames instead of slowing the publisher)."""
         conn = self._ctx._conn
-        return await conn.pubsub.subscribe(conn, topic, self._ctx, positions=positions, since=since)
+        return await conn.pubsub.subscribe(
+            conn, topic, self._ctx, positions=positions, since=since, drop_oldest=drop_oldest
+        )
 
     async def unsubscribe(self, topic: str) -> None:
         conn = self._ctx._conn

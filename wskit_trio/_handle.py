@@ -46,6 +46,7 @@ class Subscriptions(Protocol):
         *,
         positions: bool = False,
         since: Position | None = None,
+        drop_oldest: bool = False,
     ) -> Recovery | None: ...
 
     async def unsubscribe(self, conn: ConnectionHandle, topic: str, ctx: object) -> None: ...
@@ -94,8 +95,9 @@ class ConnectionHandle(Protocol):
         fan-out); ``False`` if nothing was queued."""
         ...
 
-    def send_replacing(self, frame: str) -> bool:
-        """Queue a frame that supersedes older ones: when full, the oldest make room."""
+    def send_replacing(self, frame: str, group: str) -> bool:
+        """Queue a frame that supersedes the older frames of ``group``: when full,
+        the oldest of those make room; ``False`` (nothing queued) if they can't."""
         ...
 
     def cut_off(self, code: int, reason: str) -> bool:

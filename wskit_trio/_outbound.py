@@ -70,7 +70,9 @@ class Outbox:
         self.capacity = capacity
         self.capacity_bytes = capacity_bytes
         self.policy: QueuePolicy = policy
-        self._frames: deque[tuple[str, FrameKind]] = deque()
+        #: Queued frames, each with its kind and the group it supersedes within
+        #: (a ``drop_oldest`` topic: :meth:`put_replacing`), else ``None``.
+        self._frames: deque[tuple[str, FrameKind, str | None]] = deque()
         #: Frames of the batch the writer is sending (still held, so still counted).
         self._writing = 0
         #: Characters held: queued frames and the writer's batch (``_writing_bytes``).
@@ -135,9 +137,9 @@ class Outbox:
                 return False
         return self._append(frame, kind)
 
-    def _append(self, frame: str, kind: FrameKind) -> bool:
+    def _append(self, frame: str, kind: FrameKind, group: str | None = None) -> bool:
         frames = self._frames
-        frames.append((frame, kind))
+        frames.append((frame, kind, group))
         self._bytes += len(frame)
         if self._bytes > self.high_water_bytes:
             self.high_water_bytes = self._bytes
@@ -191,14 +193,24 @@ class Outbox:
             return self.put_nowait(frame)
         return False
 
-    def put_replacing(self, frame: str) -> bool:
-        """Queue a frame whose messages supersede older ones (the ``drop_oldest``
-        opt-in of a topic): when full, the oldest droppable frames make room."""
+    def put_replacing(self, frame: str, group: str) -> bool:
+        """Queue a frame that supersedes the older frames of its ``group`` (a topic
+        under the ``drop_oldest`` opt-in): when full, the oldest queued frames of
+        that group make room, and only those, so no other topic loses a frame.
+        ``False`` (nothing queued) if they are not enough: the caller waits for
+        room like any other delivery."""
         if self._closed:
             return False
-        if self._full():
-            self._evict_until_room()
-        return self._append(frame, FrameKind.PLAIN)
+        while self._full():
+            for index, entry in enumerate(self._frames):
+                if entry[2] == group:
+                    del self._frames[index]
+                    self._bytes -= len(entry[0])
+                    self.dropped += 1
+                    break
+            else:
+                return False
+        return self._append(frame, FrameKind.PLAIN, group)
 
     async def wait_room(self) -> bool:
         """Wait until the queue is below capacity, before queueing frames the policy
@@ -225,7 +237,7 @@ class Outbox:
 
     def _evict_one(self) -> bool:
         for wanted in (FrameKind.PROGRESS, FrameKind.PLAIN):
-            for index, (frame, kind) in enumerate(self._frames):
+            for index, (frame, kind, _) in enumerate(self._frames):
                 if kind is wanted:
                     del self._frames[index]
                     self._bytes -= len(frame)
@@ -261,7 +273,7 @@ class Outbox:
             await self._readable.park()
             if settle is not None and self._frames:
                 await settle()
-        batch = [frame for frame, _ in self._frames]
+        batch = [entry[0] for entry in self._frames]
         self._frames.clear()
         self._writing = len(batch)
         self._writing_bytes = self._bytes

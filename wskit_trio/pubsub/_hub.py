@@ -73,8 +73,9 @@ class TopicPolicy:
     normalize: Callable[[str], str] | None = None
     authorize: Authorize | None = None
     #: Topics whose messages supersede each other (cursor positions, game state): a
-    #: subscriber's full queue drops its oldest frames for them instead of slowing
-    #: the publisher (delivery.md §10.3). A predicate or a regex to match.
+    #: subscriber's full queue drops its oldest frames of that topic instead of
+    #: slowing the publisher (delivery.md §10.3); other topics' frames are never
+    #: dropped for it. A predicate or a regex to match.
     drop_oldest: Callable[[str], bool] | re.Pattern[str] | None = None
 
     def replaces(self, topic: str) -> bool:
@@ -101,7 +102,7 @@ class PubSubStatistics:
 class _Subscription:
     """One connection's subscription to one topic."""
 
-    __slots__ = ("buffer", "conn", "cut", "floor", "positions")
+    __slots__ = ("buffer", "conn", "cut", "floor", "positions", "replaces")
 
     def __init__(self, conn: ConnectionHandle, positions: bool) -> None:
         self.conn = conn
@@ -113,10 +114,12 @@ class _Subscription:
         self.buffer: deque[Envelope] | None = None
         #: After a recovery: what it sent up to (live envelopes up to it are skipped).
         self.floor: Position | None = None
+        #: Its messages supersede each other (``subscribe(drop_oldest=True)``).
+        self.replaces = False
 
 
 class _Topic:
-    __slots__ = ("epoch", "failed", "lock", "offset", "ready", "subscribers")
+    __slots__ = ("epoch", "failed", "gate", "lock", "offset", "ready", "stalled", "subscribers")
 
     def __init__(self) -> None:
         self.subscribers: dict[str, _Subscription] = {}
@@ -126,6 +129,11 @@ class _Topic:
         #: One delivery at a time per topic, in arrival order (trio's Lock is fair),
         #: so every subscriber sees one order (delivery.md §10.2).
         self.lock = trio.Lock()
+        #: Set while a delivery waits for a full subscriber queue: this instance's
+        #: publishers to the topic wait too, whichever backend carries the message.
+        self.stalled: trio.Event | None = None
+        #: Where those publishers wait their turn (fair), so they keep their order.
+        self.gate = trio.Lock()
         #: The position of the last envelope delivered (topics with history).
         self.epoch: str | None = None
         self.offset = 0
@@ -261,10 +269,12 @@ class PubSubHub:
         *,
         positions: bool = False,
         since: Position | None = None,
+        drop_oldest: bool = False,
     ) -> Recovery | None:
         """Subscribe ``conn``; return once the backend confirmed the topic. With
         ``positions`` or ``since`` the subscription gets positions on the wire and
-        the answer is a :class:`Recovery` (delivery.md §12)."""
+        the answer is a :class:`Recovery` (delivery.md §12). ``drop_oldest``: this
+        subscription opts into the topic policy's ``drop_oldest`` (§10.3)."""
         topic = await admit_topic(self.policy, "subscribe", topic, _context(ctx))
         wants_positions = positions or since is not None
         if wants_positions and (self.history is None or not self.history.covers(topic)):
@@ -277,10 +287,11 @@ class PubSubHub:
         entry = self._topics.get(topic)
         if topic in mine:
             assert entry is not None
+            subscription = entry.subscribers[conn.client_id]
+            subscription.replaces = drop_oldest
             if not wants_positions:
                 return None
             # Asking again with positions: recover on the existing subscription.
-            subscription = entry.subscribers[conn.client_id]
             subscription.positions = True
             return await self._recover_or_forget(topic, subscription, since)
         if len(mine) >= self.policy.max_topics_per_connection:
@@ -293,6 +304,7 @@ class PubSubHub:
         if entry is None:
             entry = self._topics[topic] = _Topic()
         subscription = _Subscription(conn, wants_positions)
+        subscription.replaces = drop_oldest
         if wants_positions:
             subscription.buffer = deque()  # live first, buffered until the history is read
         entry.subscribers[conn.client_id] = subscription
@@ -445,6 +457,9 @@ class PubSubHub:
             ctx=_context(ctx),
         )
         if isinstance(prepared, Envelope):
+            entry = self._topics.get(prepared.topic)
+            if entry is not None and (entry.stalled is not None or entry.gate.locked()):
+                await _wait_unstalled(entry)
             self._published += 1
             result = await self.backend.publish(prepared)
         else:
@@ -469,6 +484,9 @@ class PubSubHub:
         try:
             return await self._deliver_locked(entry, envelope)
         finally:
+            stalled, entry.stalled = entry.stalled, None
+            if stalled is not None:
+                stalled.set()
             lock.release()
 
     async def _deliver_locked(self, entry: _Topic, envelope: Envelope) -> int:
@@ -517,10 +535,11 @@ class PubSubHub:
                     plain = envelope.frame()
                 frame = plain
             conn = subscription.conn
-            if replaces:
-                conn.send_replacing(frame)
-                self._delivered += 1
-            elif conn.offer(frame):
+            if (
+                conn.send_replacing(frame, envelope.topic)
+                if replaces or subscription.replaces
+                else conn.offer(frame)
+            ):
                 self._delivered += 1
             else:
                 # One bound per delivery, however many subscribers are stalled: they
@@ -528,6 +547,7 @@ class PubSubHub:
                 now = trio.current_time()
                 if deadline is None:
                     deadline = now + self.slow_consumer_timeout
+                    entry.stalled = trio.Event()
                 if await conn.send_within(frame, max(deadline - now, 0.0)):
                     self._delivered += 1
                 elif entry.subscribers.get(client_id) is subscription:
@@ -557,6 +577,17 @@ class PubSubHub:
             subscription = entry.subscribers.get(client_id) if entry is not None else None
             if subscription is not None:
                 subscription.cut = True
+
+
+async def _wait_unstalled(entry: _Topic) -> None:
+    """Wait while a delivery of the topic waits for a full local queue: back-pressure
+    reaches this instance's publishers even when the backend hands the message back
+    from elsewhere (Valkey), for at most ``slow_consumer_timeout`` per stalled
+    delivery (delivery.md §10.3). In line behind the publishers already waiting, so
+    pipelined publishes keep their order (§10.1)."""
+    async with entry.gate:
+        while entry.stalled is not None:
+            await entry.stalled.wait()
 
 
 def _context(ctx: object) -> ConnectionContext[Any] | None:
