@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -12,6 +14,12 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
+    # As .ci/run does: WS-Kit 0.10 on Bun (the client's compatibility tests) and
+    # TypeScript with zod (tsc on the exported contract).
+    for folder in ("benchmarks/bun", "tests/ts"):
+        if not Path(folder, "node_modules").is_dir():
+            with session.chdir(folder):
+                session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
     session.run("python", "-m", "pytest", *session.posargs)
 
 

@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @asynccontextmanager
-async def example_server(module: str, name: str) -> AsyncIterator[str]:
-    """Start ``python -m <module>`` with ``PORT=0``, wait for its one line
-    ``"<name> server listening on ws://..."`` and yield that URL; on exit send SIGINT
-    (Ctrl-C) and check that it stops cleanly with exit code 0."""
-    env = {**os.environ, "PORT": "0", "PYTHONPATH": str(ROOT)}
+async def example_server(module: str, name: str, *, port: int = 0) -> AsyncIterator[str]:
+    """Start ``python -m <module>`` with ``PORT=<port>`` (0: any free one), wait for its
+    line ``"<name> server listening on ws://..."`` and yield that URL; on exit send
+    SIGINT (Ctrl-C) and check that it stops cleanly with exit code 0."""
+    env = {**os.environ, "PORT": str(port), "PYTHONPATH": str(ROOT)}
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=subprocess.PIPE
     )
@@ -34,7 +34,7 @@ async def example_server(module: str, name: str) -> AsyncIterator[str]:
                 chunk = await proc.stdout.receive_some()
                 assert chunk, "server exited before printing its address"
                 output += chunk
-        line = output.decode().strip()
+        line = output.decode().partition("\n")[0].strip()  # the first line: more may follow
         prefix = f"{name} server listening on "
         assert line.startswith(prefix + "ws://127.0.0.1:"), line
         yield line.removeprefix(prefix)

@@ -123,6 +123,7 @@ class FakeSocket:
     """An open connection that stays open until :meth:`drop`."""
 
     subprotocol = None
+    extensions: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self._dropped = trio.Event()

@@ -36,6 +36,7 @@ from wskit_trio import (
     ConnectionContext,
     Context,
     Limits,
+    Page,
     Router,
     RpcContext,
     Server,
@@ -335,6 +336,65 @@ async def test_health_is_503_while_the_pubsub_backend_is_unhealthy() -> None:
             await client.close()
 
 
+# -- pages -------------------------------------------------------------------------------
+
+
+async def test_pages_answer_plain_get_and_head_beside_the_endpoint() -> None:
+    spy = Spy()
+    html = "<!doctype html><p>h\u00e9llo</p>"
+    pages = {"/": Page(html), "/app.js": Page(b"let x = 1;", content_type="text/javascript")}
+    with trio.fail_after(TIMEOUT):
+        async with running_server(
+            spy.router(),
+            path="/ws",
+            health_path="/healthz",
+            pages=pages,
+            authenticate=spy.authenticate,
+        ) as srv:
+            reply = await exchange(srv.port, plain_bytes("GET", "/?name=alice"))
+            assert reply.status == 200 and reply.body == html.encode("utf-8")
+            assert reply.headers["content-type"] == "text/html; charset=utf-8"
+            script = await exchange(srv.port, plain_bytes("GET", "/app.js"))
+            assert script.status == 200 and script.body == b"let x = 1;"
+            assert script.headers["content-type"] == "text/javascript"
+
+            head = await exchange(srv.port, plain_bytes("HEAD", "/"))
+            assert head.status == 200 and head.body == b""
+            assert head.headers["content-length"] == reply.headers["content-length"]
+            assert (await exchange(srv.port, plain_bytes("GET", "/", "1.0"))).status == 200
+            refused = await exchange(srv.port, plain_bytes("POST", "/"))
+            assert refused.status == 405 and "GET" in refused.headers["allow"]
+
+            # Other paths are as before: no page, no upgrade; the health check is its own.
+            assert (await exchange(srv.port, plain_bytes("GET", "/app.js/x"))).status == 426
+            assert (await exchange(srv.port, plain_bytes("GET", "/healthz"))).json()[
+                "status"
+            ] == "ok"
+            # A page's path is no endpoint: upgrades are taken on ``path`` only.
+            assert (await exchange(srv.port, upgrade_bytes("/"))).status == 404
+            assert spy.requests == []
+            client = await open_client(srv.url + "/ws")
+            await ping_pong(client)
+            await client.close()
+
+
+async def test_an_upgrade_on_a_pages_path_is_still_an_upgrade() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with running_server(Spy().router(), pages={"/": Page("the app")}) as srv:
+            assert (await exchange(srv.port, plain_bytes("GET", "/"))).body == b"the app"
+            client = await open_client(srv.url + "/")
+            await ping_pong(client)
+            await client.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"), [("app", "starts with /"), ("/?x=1", "no query"), ("/h", "health")]
+)
+def test_a_page_needs_a_path_of_its_own(where: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        serve(Spy().router(), health_path="/h", pages={where: Page("x")})
+
+
 # -- Origin --------------------------------------------------------------------------------
 
 
@@ -575,6 +635,32 @@ async def test_a_request_that_never_completes_is_dropped_after_handshake_timeout
                 await stream.send_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 assert await stream.receive_some(100) == b""  # closed without a word
                 assert trio.current_time() - start == pytest.approx(10, abs=0.1)
+
+
+async def test_a_socket_that_sent_nothing_does_not_hold_shutdown(
+    net_clock: trio.testing.MockClock,
+) -> None:
+    """Browsers open spare sockets ahead of need: one still silent once shutdown has
+    drained the connections is closed then, not ``close_timeout`` later."""
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            srv: Server[Conn] = await nursery.start(
+                serve(
+                    Spy().router(),
+                    host="127.0.0.1",
+                    port=0,
+                    handle_signals=False,
+                    health_path="/healthz",
+                    transport=_net.TRANSPORT,
+                )
+            )
+            async with await trio.open_tcp_stream("127.0.0.1", srv.port) as spare:
+                # A later connection's answer proves the spare one was accepted (in order).
+                assert (await exchange(srv.port, plain_bytes("GET", "/healthz"))).status == 200
+                start = trio.current_time()
+                await srv.aclose()
+                assert trio.current_time() - start < srv.limits.close_timeout / 10
+                assert await spare.receive_some(100) == b""
 
 
 # -- bind failure --------------------------------------------------------------------------

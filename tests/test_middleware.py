@@ -99,15 +99,21 @@ async def test_require_auth_with_a_predicate_sync_or_async() -> None:
         await trio.lowlevel.checkpoint()
         return bool(data and data.get("role") == "admin")
 
+    async def shout(ctx: Context[Ping, Any]) -> None:
+        await ctx.send(PONG, Pong(reply="shout"))
+
+    async def echo(ctx: RpcContext[Ping, Pong, Any]) -> None:
+        await ctx.reply(Pong(reply="hi"))
+
     router, _ = ping_router()
     router.on(
         SHOUT,
-        lambda ctx: ctx.send(PONG, Pong(reply="shout")),
+        shout,
         middleware=[require_auth(lambda data: data.get("user_id") == "u1", message="Who?")],
     )
     # Per-route guard on RPCs: the error is an RPC_ERROR for the request.
     guarded: Router[Any] = Router()
-    guarded.rpc(ECHO, lambda ctx: ctx.reply(Pong(reply="hi")), middleware=[require_auth(is_admin)])
+    guarded.rpc(ECHO, echo, middleware=[require_auth(is_admin)])
     router.mount("admin.", guarded)
     async with open_test_app(router) as app:
         client = await app.connect({"user_id": "u2", "role": "user"})

@@ -113,6 +113,11 @@ async def test_put_replacing_evicts_only_its_own_group() -> None:
     assert stuffed.dropped == 0
     assert await outbox.get_batch() == ["chat1", "state1", "cursor3"]
     assert await stuffed.get_batch() == ["chat1", "state1"]
+    # The writer holds all it counts: one frame of the group goes in over the bound.
+    assert stuffed.put_replacing("cursor2", "cursor") and len(stuffed) == 3
+    assert stuffed.put_replacing("cursor3", "cursor") and len(stuffed) == 3
+    assert not stuffed.put_replacing("state2", "state")  # cursor3 is not its to drop
+    assert stuffed.dropped == 1
 
 
 def test_close_policy_overflows_instead_of_queueing() -> None:

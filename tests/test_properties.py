@@ -71,7 +71,7 @@ def _valid(frame: dict[str, Any], has_payload: bool) -> bool:
     for key, value in meta.items():
         if key in RESERVED_META:
             continue  # stripped, whatever the value
-        if key == "correlationId":
+        if key in ("correlationId", "traceparent", "tracestate"):
             if not isinstance(value, str):
                 return False
         elif key in ("timestamp", "timeoutMs"):
@@ -170,7 +170,12 @@ def _generous_budget(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 meta_values = st.dictionaries(
-    st.sampled_from(["correlationId", "timestamp", "timeoutMs", "clientId", "receivedAt"])
+    st.sampled_from(
+        [
+            *("correlationId", "timestamp", "timeoutMs", "traceparent", "tracestate"),
+            *("clientId", "receivedAt"),
+        ]
+    )
     | st.text(max_size=6),
     st.text(max_size=6)
     | st.integers(min_value=-5, max_value=10**15)

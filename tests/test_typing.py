@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from mypy import api as mypy_api
+from _mypy import run_mypy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK_TYPES = ROOT / "tests" / "typing" / "check_types.py"
@@ -99,39 +99,14 @@ async def client_side(client: TestClient[Conn]) -> None:
     await client.send(PING, Pong("x"))  # E: misc
 """
 
-_REPORTED = re.compile(
-    r"^(?P<path>.+?):(?P<line>\d+): error: (?P<message>.*)\s\[(?P<code>[\w-]+)\]$"
-)
 _EXPECTED = re.compile(r"#\s*E:\s*(?P<code>[\w-]+)\s*$")
 
 
 def _run_mypy(cache_dir: Path, *files: Path) -> dict[str, set[tuple[int, str]]]:
-    """Run mypy --strict (the project's configuration) on ``files``; the errors reported,
-    by file name: ``{(line, code), ...}``. A private cache keeps it hermetic (a cold
-    run takes a few seconds)."""
-    stdout, stderr, status = mypy_api.run(
-        [
-            "--config-file",
-            str(ROOT / "pyproject.toml"),
-            "--cache-dir",
-            str(cache_dir),
-            "--no-error-summary",
-            "--show-error-codes",
-            "--no-pretty",
-            "--hide-error-context",
-            *map(str, files),
-        ]
-    )
-    assert status in (0, 1), f"mypy crashed:\n{stdout}\n{stderr}"
-    found: dict[str, set[tuple[int, str]]] = {Path(f).name: set() for f in files}
-    for line in stdout.splitlines():
-        match = _REPORTED.match(line)
-        if match is not None:
-            found.setdefault(Path(match["path"]).name, set()).add(
-                (int(match["line"]), match["code"])
-            )
-        else:
-            assert ": note: " in line, f"unexpected mypy output: {line}"
+    """The errors mypy --strict reports on ``files``, by file name: ``{(line, code)}``."""
+    found: dict[str, set[tuple[int, str]]] = {f.name: set() for f in files}
+    for error in run_mypy(cache_dir, *files):
+        found.setdefault(error.file, set()).add((error.line, error.code))
     return found
 
 

@@ -262,7 +262,11 @@ async def test_unavailable_valkey_answers_the_client_unavailable() -> None:
         )
         router: Router[Conn] = Router()
         router.use(rate_limit(limiter=limiter))
-        router.on(PING, lambda ctx: ctx.send(PONG, Pong(reply="x")))
+
+        @router.on(PING)
+        async def ping(ctx: Context[Ping, Conn]) -> None:
+            await ctx.send(PONG, Pong(reply="x"))
+
         async with open_test_app(router) as app:
             client = await app.connect(Conn(user_id="u1"))
             for _ in range(2):  # the second fails at once (reconnect_interval)

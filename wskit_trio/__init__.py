@@ -3,6 +3,7 @@
 from ._config import Heartbeat, Limits
 from ._connection import ConnectionStatistics
 from ._context import ConnectionContext, Context, RpcContext
+from ._contract import ContractFormat, export_contract
 from ._errors import (
     AlreadyClosed,
     CloseError,
@@ -17,7 +18,7 @@ from ._outbound import OutboxStatistics, QueuePolicy
 from ._protocol.codes import ERROR_CODE_META, ErrorCode
 from ._router import Middleware, Next, Router
 from ._schema import MessageSchema, RpcSchema, message, rpc
-from ._server import Server, ServerStatistics, TransportName, serve
+from ._server import Page, Server, ServerStatistics, TransportName, serve
 from ._transport import UpgradeRequest
 from .middleware import Metrics, MetricsStatistics, log_messages, require_auth
 from .pubsub import (
@@ -49,6 +50,7 @@ __all__ = [
     "ConnectionContext",
     "ConnectionStatistics",
     "Context",
+    "ContractFormat",
     "ErrorCode",
     "Heartbeat",
     "Limits",
@@ -61,6 +63,7 @@ __all__ = [
     "Next",
     "OutboundValidationError",
     "OutboxStatistics",
+    "Page",
     "Position",
     "PublishResult",
     "Recovery",
@@ -78,6 +81,7 @@ __all__ = [
     "UpgradeRejected",
     "UpgradeRequest",
     "WsKitError",
+    "export_contract",
     "key_per_ip",
     "key_per_user",
     "key_per_user_per_type",

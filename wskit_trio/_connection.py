@@ -23,6 +23,7 @@ import trio
 from ._config import Heartbeat, Limits
 from ._context import ConnectionContext, Context, RpcContext
 from ._errors import CloseError, ConnectionClosed, MessageTooBig, WsKitError
+from ._groups import only_cancelled
 from ._handle import ConnectionStatistics, Subscriptions
 from ._outbound import FrameKind, Outbox
 from ._protocol import frames
@@ -134,7 +135,7 @@ class Connection(Generic[D]):
         closes the connection with 1011 and propagates to the server, which logs it."""
         try:
             if self.router.observer is not None:
-                self.router.observer.connection_opened()
+                self.router.observer.connection_opened(self)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._write_loop)
@@ -150,6 +151,14 @@ class Connection(Generic[D]):
         except Exception:
             self._close_code, self._close_reason = 1011, "Internal error"
             raise
+        except BaseException as exc:
+            if only_cancelled(exc) and not self._outbox.closed:
+                # Cancelled from outside (its own nursery's cancel stops at the
+                # nursery): the server around it is going away without a graceful
+                # shutdown (an ASGI server past its graceful timeout, say). Unless a
+                # close was already chosen, say so, as a graceful shutdown does.
+                self._close_code, self._close_reason = 1001, "server shutting down"
+            raise
         finally:
             # Frames nobody will send are freed now, not whenever the cyclic GC runs.
             self._outbox.close(discard=True)
@@ -161,7 +170,7 @@ class Connection(Generic[D]):
                 if self.closed is None:
                     self.closed = (self._close_code, self._close_reason)
                 if self.router.observer is not None:
-                    self.router.observer.connection_closed()
+                    self.router.observer.connection_closed(self)
                 await self._run_close_hooks()
             self._finished.set()
 
@@ -416,6 +425,7 @@ class Connection(Generic[D]):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         task_status.started()
+        start = trio.current_time()
         try:
             with ctx.cancel_scope:
                 try:
@@ -438,6 +448,9 @@ class Connection(Generic[D]):
             self.session.rpc_finished(ctx.correlation_id or "")
             if not self._rpcs:
                 self._rpcs_idle.set()
+            if self.router.observer is not None:
+                outcome = ctx._outcome or ("aborted" if ctx.aborted else "cancelled")
+                self.router.observer.rpc_finished(ctx.type, outcome, trio.current_time() - start)
 
     async def _fail(self, ctx: Context[Any, D], err: WsKitError) -> None:
         # Hooks first: once the client sees the error, on_error has seen it too.

@@ -318,7 +318,15 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
     """One RPC request. Exactly one terminal frame (reply or error) goes out per
     request; progress and terminal calls after it send nothing."""
 
-    __slots__ = ("_correlation", "_last_progress", "_response", "aborted", "cancel_scope", "done")
+    __slots__ = (
+        "_correlation",
+        "_last_progress",
+        "_outcome",
+        "_response",
+        "aborted",
+        "cancel_scope",
+        "done",
+    )
 
     def __init__(
         self,
@@ -340,6 +348,9 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
         self.done = False
         #: True when the client sent ``$ws:abort`` for this request.
         self.aborted = False
+        #: The terminal frame sent: ``"ok"`` (the reply) or the error's code; ``None``
+        #: until one went out (metrics and tracing report it).
+        self._outcome: str | None = None
 
     @property
     def deadline(self) -> float:
@@ -361,6 +372,7 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
         # which is then answered with an error instead of nothing.
         frame = frames.encode_frame(self._response.type, meta, data)
         self.done = True
+        self._outcome = "ok"
         await self._conn.send(frame, FrameKind.TERMINAL)
 
     async def progress(self, payload: Res, *, throttle_ms: float | None = None) -> None:
@@ -386,6 +398,7 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
             await trio.lowlevel.checkpoint()  # still a checkpoint: loops stay cancellable
             return
         self.done = True
+        self._outcome = str(err.code)
         frame = frames.encode_error(
             err.code,
             err.message,

@@ -197,8 +197,10 @@ class Outbox:
         """Queue a frame that supersedes the older frames of its ``group`` (a topic
         under the ``drop_oldest`` opt-in): when full, the oldest queued frames of
         that group make room, and only those, so no other topic loses a frame.
-        ``False`` (nothing queued) if they are not enough: the caller waits for
-        room like any other delivery."""
+        When the writer holds everything, the frame goes in over the bound (one
+        frame at most: the next one of its group replaces it). ``False`` (nothing
+        queued) when other frames fill the queue: the caller waits for room like
+        any other delivery."""
         if self._closed:
             return False
         while self._full():
@@ -209,7 +211,9 @@ class Outbox:
                     self.dropped += 1
                     break
             else:
-                return False
+                if self._frames:
+                    return False
+                break
         return self._append(frame, FrameKind.PLAIN, group)
 
     async def wait_room(self) -> bool:

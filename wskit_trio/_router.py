@@ -7,6 +7,7 @@ with each route's middleware chain fixed, so dispatch costs one dict lookup.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -115,9 +116,11 @@ class Router(Generic[D]):
         """
         if not isinstance(schema, MessageSchema):
             raise ConfigurationError(f"router.on() takes a message() schema, got {schema!r}")
+        chain = _checked_middleware(middleware, schema.type)
 
         def register(fn: Handler[P, D]) -> Handler[P, D]:
-            self._add(Route(schema.type, schema, fn, tuple(middleware)))
+            check_callable(fn, "handler", f"for {schema.type!r}", ("ctx",))
+            self._add(Route(schema.type, schema, fn, chain))
             return fn
 
         return register if handler is None else register(handler)
@@ -149,9 +152,11 @@ class Router(Generic[D]):
         cancel scope; it must end with ``ctx.reply`` or an error."""
         if not isinstance(schema, RpcSchema):
             raise ConfigurationError(f"router.rpc() takes an rpc() schema, got {schema!r}")
+        chain = _checked_middleware(middleware, schema.type)
 
         def register(fn: RpcHandler[Req, Res, D]) -> RpcHandler[Req, Res, D]:
-            self._add(Route(schema.type, schema.request, fn, tuple(middleware), schema.response))
+            check_callable(fn, "RPC handler", f"for {schema.type!r}", ("ctx",))
+            self._add(Route(schema.type, schema.request, fn, chain, schema.response))
             return fn
 
         return register if handler is None else register(handler)
@@ -169,23 +174,27 @@ class Router(Generic[D]):
     def use(self, middleware: Middleware[D]) -> Middleware[D]:
         """Add global middleware: ``async def mw(ctx, next)``. Runs before per-route
         middleware, in the order added; not calling ``next`` skips the handler."""
+        check_callable(middleware, "middleware", "(global)", ("ctx", "next"))
         self._middleware.append(middleware)
         return middleware
 
     def on_open(self, hook: LifecycleHook[D]) -> LifecycleHook[D]:
         """Run when a connection opens, before any message is read. Raise
         ``CloseError(code, reason)`` to refuse it; any other exception closes it with 1011."""
+        check_callable(hook, "on_open hook", "", ("ctx",), sync_ok=True)
         self._on_open.append(hook)
         return hook
 
     def on_close(self, hook: LifecycleHook[D]) -> LifecycleHook[D]:
         """Run once when a connection has closed, whatever closed it."""
+        check_callable(hook, "on_close hook", "", ("ctx",), sync_ok=True)
         self._on_close.append(hook)
         return hook
 
     def on_error(self, hook: ErrorHook[D]) -> ErrorHook[D]:
         """Run for every error answered or raised on a connection (docs/protocol.md §4).
         ``error.__cause__`` holds the handler's own exception, if there was one."""
+        check_callable(hook, "on_error hook", "", ("error", "ctx"), sync_ok=True)
         self._on_error.append(hook)
         return hook
 
@@ -295,6 +304,95 @@ class Router(Generic[D]):
             self.pubsub,
             self.observer,
         )
+
+
+# -- registration checks ------------------------------------------------------------
+#
+# A handler that is not a coroutine function, or cannot take the arguments the
+# dispatcher passes, would otherwise be found out only when a message arrives,
+# as an INTERNAL error for the client and a traceback in the log. Checked once,
+# at registration, it is the developer who hears of it, with the handler's name.
+
+
+def _checked_middleware(
+    middleware: Sequence[Callable[..., Awaitable[None]]], msg_type: str
+) -> tuple[Callable[..., Awaitable[None]], ...]:
+    chain = tuple(middleware)
+    for mw in chain:
+        check_callable(mw, "middleware", f"for {msg_type!r}", ("ctx", "next"))
+    return chain
+
+
+def check_callable(
+    fn: object, role: str, where: str, params: tuple[str, ...], *, sync_ok: bool = False
+) -> None:
+    """Raise ``ConfigurationError`` unless ``fn`` can be called as ``fn(*params)`` and,
+    unless ``sync_ok``, is a coroutine function.
+
+    What counts as a coroutine function: an ``async def`` function, and the same
+    seen through ``functools.partial``, a bound method, or an object whose class
+    has an ``async def __call__``. A plain function returning an awaitable is
+    refused: nothing tells it apart from one that returns ``None`` by mistake.
+    The arity is checked by binding ``params`` to the signature, so defaulted extra
+    parameters and ``*args`` are fine; required extra ones, keyword-only included,
+    are not.
+    """
+    subject = " ".join(part for part in (role, _describe(fn), where) if part)
+    if not callable(fn):
+        raise ConfigurationError(f"{subject} is not callable")
+    if not sync_ok and not _is_coroutine_function(fn):
+        raise ConfigurationError(
+            f"{subject} must be an async def function (it is awaited for each call); "
+            f"got a synchronous callable"
+        )
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): let it be
+    try:
+        signature.bind(*params)
+    except TypeError as exc:
+        # The bare parameter list reads best: annotations may be long strings.
+        empty = inspect.Parameter.empty
+        bare = signature.replace(
+            parameters=[p.replace(annotation=empty) for p in signature.parameters.values()],
+            return_annotation=empty,
+        )
+        raise ConfigurationError(
+            f"{subject} must take exactly ({', '.join(params)}) as positional arguments, "
+            f"but its signature is {bare}: {exc}"
+        ) from None
+
+
+def _unwrap(fn: object) -> object:
+    """The function behind partials, bound methods and static or class methods."""
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif inspect.ismethod(fn) or isinstance(fn, staticmethod | classmethod):
+            fn = fn.__func__
+        else:
+            return fn
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    target = _unwrap(fn)
+    if inspect.iscoroutinefunction(target):
+        return True
+    if inspect.isfunction(target) or inspect.isbuiltin(target) or isinstance(target, type):
+        return False
+    # An instance whose class has an async __call__.
+    return inspect.iscoroutinefunction(_unwrap(inspect.getattr_static(type(target), "__call__")))
+
+
+def _describe(fn: object) -> str:
+    """``fn``'s qualified name, as the developer wrote it."""
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({_describe(fn.func)})"
+    qualname = getattr(fn, "__qualname__", None)
+    if isinstance(qualname, str):
+        return qualname
+    return f"{type(fn).__qualname__} instance"
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
@@ -25,9 +25,10 @@ import trio
 from ._admission import Admission, TrustedProxies, client_ip
 from ._config import DEFAULT_HEARTBEAT, Heartbeat, Limits
 from ._connection import Connection
-from ._errors import ConnectionClosed, UpgradeRejected
+from ._errors import ConfigurationError, ConnectionClosed, UpgradeRejected
 from ._groups import single_exception
 from ._memory import LARGE_CONNECTION_BYTES, trim_heap
+from ._observer import Observer
 from ._protocol._json import dumps
 from ._protocol.pubsub import PublishResult
 from ._router import ErrorHook, Router
@@ -47,7 +48,15 @@ from ._transport._trio_websocket import open_trio_websocket
 from ._transport._wsproto import open_wsproto
 from .pubsub._hub import PubSubHub
 
-__all__ = ["Authenticate", "Server", "ServerStatistics", "Serve", "TransportName", "serve"]
+__all__ = [
+    "Authenticate",
+    "Page",
+    "Server",
+    "ServerStatistics",
+    "Serve",
+    "TransportName",
+    "serve",
+]
 
 log = logging.getLogger("wskit_trio")
 
@@ -70,6 +79,23 @@ OpenTransport: TypeAlias = Callable[..., AbstractAsyncContextManager[Transport]]
 _INTERNAL: Final = Rejected(500, "Internal Server Error")
 
 
+def _utf8(body: str | bytes) -> bytes:
+    return body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+
+@attrs.frozen
+class Page:
+    """A fixed answer to a plain HTTP GET (or HEAD) on one path: ``serve(pages=...)``.
+
+    For the page of a browser app that then opens its WebSocket on the same
+    origin: one process, no second web server, no CORS. The body is sent as is,
+    whole; anything bigger or changing belongs behind a real web server.
+    """
+
+    body: bytes = attrs.field(converter=_utf8)
+    content_type: str = "text/html; charset=utf-8"
+
+
 @attrs.frozen
 class ServerStatistics:
     connections: int
@@ -90,6 +116,8 @@ class Server(Generic[D]):
         heartbeat: Heartbeat | None,
         path: str | None = None,
         health_path: str | None = None,
+        metrics_path: str | None = None,
+        pages: Mapping[str, Page] | None = None,
         allowed_origins: Sequence[str] | None = None,
         trusted_proxies: Sequence[str] = (),
         tls: bool = False,
@@ -117,6 +145,9 @@ class Server(Generic[D]):
             max_connections_per_ip=limits.max_connections_per_ip,
         )
         self._health_path = health_path
+        self._metrics_path = metrics_path
+        self._exposition = _exposition_of(compiled.observer) if metrics_path is not None else None
+        self._pages = dict(pages or {})
         self._trusted = TrustedProxies(trusted_proxies)
         self._scheme = "wss" if tls else "ws"
         self.connections: set[Connection[D]] = set()
@@ -126,6 +157,12 @@ class Server(Generic[D]):
         #: are closed with 1001 at once.
         self._closing = False
         self._grace = limits.shutdown_grace
+        #: The waits for a request head still running. Once shutdown has drained the
+        #: connections they end at once (``_drained``): nothing started on those
+        #: sockets, and browsers open spare ones ahead of need, which would otherwise
+        #: hold every shutdown for ``close_timeout``.
+        self._awaiting_heads: set[trio.CancelScope] = set()
+        self._drained = False
         self._accepted = 0
         self._rejected = 0
         self.host = ""
@@ -173,17 +210,25 @@ class Server(Generic[D]):
         address = peer(stream)
         try:
             head: RequestHead | Rejected | None = None
-            with trio.move_on_after(self.limits.handshake_timeout):
-                head = await read_head(stream)
+            with trio.move_on_after(self.limits.handshake_timeout) as waiting:
+                if self._drained:
+                    waiting.cancel()
+                self._awaiting_heads.add(waiting)
+                try:
+                    head = await read_head(stream)
+                finally:
+                    self._awaiting_heads.discard(waiting)
             if head is None:
                 log.debug("%s sent no request head in time; dropped", peer_text(address))
                 return
             if isinstance(head, Rejected):
                 await send_http(stream, head, self.limits.close_timeout)
                 return
-            if head.path == self._health_path and not head.is_upgrade:
-                await send_http(stream, self._health(head), self.limits.close_timeout)
-                return
+            if not head.is_upgrade:
+                answer = self._plain(head)
+                if answer is not None:
+                    await send_http(stream, answer, self.limits.close_timeout)
+                    return
             refusal = check_upgrade(head)
             if refusal is not None:
                 await send_http(stream, refusal, self.limits.close_timeout)
@@ -219,11 +264,29 @@ class Server(Generic[D]):
         finally:
             await aclose_quietly(stream, self.limits.close_timeout)
 
-    def _health(self, head: RequestHead) -> bytes:
-        """The health check's answer: 200 while serving, 503 while draining or while
-        the pub/sub backend is unhealthy, with the details as JSON."""
+    def _plain(self, head: RequestHead) -> bytes | None:
+        """The answer to a plain HTTP request (no upgrade) on the health check's,
+        the metrics' or a page's path; ``None`` for any other path (refused as no
+        upgrade)."""
+        if (
+            head.path != self._health_path
+            and head.path != self._metrics_path
+            and head.path not in self._pages
+        ):
+            return None
         if head.method not in ("GET", "HEAD"):
             return http_response(405, "Method not allowed", (("allow", "GET, HEAD"),))
+        head_only = head.method == "HEAD"
+        if head.path == self._health_path:
+            return self._health(head_only)
+        if head.path == self._metrics_path:
+            return self._metrics(head.header("accept"), head_only)
+        page = self._pages[head.path]
+        return http_response(200, page.body, content_type=page.content_type, head_only=head_only)
+
+    def _health(self, head_only: bool) -> bytes:
+        """The health check's answer: 200 while serving, 503 while draining or while
+        the pub/sub backend is unhealthy, with the details as JSON."""
         backend = self._router.pubsub.backend
         draining = self._closing or self._stop.is_set()
         status = "draining" if draining else "ok" if backend.healthy else "degraded"
@@ -239,7 +302,20 @@ class Server(Generic[D]):
             body,
             (("cache-control", "no-store"),),
             content_type="application/json",
-            head_only=head.method == "HEAD",
+            head_only=head_only,
+        )
+
+    def _metrics(self, accept: str | None, head_only: bool) -> bytes:
+        """A Prometheus scrape (``metrics_path``): the router's ``PrometheusMetrics``,
+        in the format the scraper's ``Accept`` asks for."""
+        assert self._exposition is not None
+        body, content_type = self._exposition(accept)
+        return http_response(
+            200,
+            body,
+            (("cache-control", "no-store"),),
+            content_type=content_type,
+            head_only=head_only,
         )
 
     async def decide(
@@ -421,6 +497,11 @@ class Server(Generic[D]):
                     for listener in listeners:
                         await listener.aclose()
                     await self.shutdown_connections()
+                    # Sockets that never asked for anything are closed now (during the
+                    # drain they could still ask: a health check gets its 503).
+                    self._drained = True
+                    for waiting in self._awaiting_heads:
+                        waiting.cancel()
                     # Upgrades still in their handshake get close_timeout, then are cut.
                     connections.cancel_scope.deadline = (
                         trio.current_time() + self.limits.close_timeout
@@ -428,6 +509,18 @@ class Server(Generic[D]):
                 services.cancel_scope.cancel()
         finally:
             self._stopped.set()
+
+
+def _exposition_of(observer: Observer | None) -> Callable[[str | None], tuple[bytes, str]]:
+    """What answers ``metrics_path``: the router's ``PrometheusMetrics`` (imported only
+    then: ``prometheus_client`` is an optional dependency)."""
+    from .prometheus import PrometheusMetrics
+
+    if not isinstance(observer, PrometheusMetrics):
+        raise ConfigurationError(
+            "metrics_path needs router.plugin(PrometheusMetrics()) from wskit_trio.prometheus"
+        )
+    return observer.exposition
 
 
 def _announce(url: str) -> None:
@@ -459,6 +552,8 @@ class Serve(Generic[D]):
                 heartbeat=opts["heartbeat"],
                 path=opts["path"],
                 health_path=opts["health_path"],
+                metrics_path=opts["metrics_path"],
+                pages=opts["pages"],
                 allowed_origins=opts["allowed_origins"],
                 trusted_proxies=opts["trusted_proxies"],
                 tls=opts["ssl_context"] is not None,
@@ -487,6 +582,8 @@ def serve(
     transport: TransportName = "wsproto",
     path: str | None = None,
     health_path: str | None = None,
+    metrics_path: str | None = None,
+    pages: Mapping[str, Page] | None = None,
     allowed_origins: Sequence[str] | None = None,
     trusted_proxies: Sequence[str] = (),
 ) -> Serve[D]:
@@ -503,6 +600,12 @@ def serve(
     At the door: ``path`` (``"/ws"``) answers 404 to upgrades on any other path;
     ``health_path`` (``"/healthz"``) answers a plain GET with 200 and a JSON status,
     503 while draining or while the pub/sub backend is unhealthy;
+    ``metrics_path`` (``"/metrics"``) answers a plain GET with a Prometheus scrape of
+    the router's ``PrometheusMetrics`` (``wskit_trio.prometheus``; without that plugin
+    it raises ``ConfigurationError``);
+    ``pages`` (``{"/": Page(html)}``) answers a plain GET or HEAD on each of those
+    paths with its fixed body (a browser app's page; an upgrade there is still an
+    upgrade, and ``path`` still decides where those are taken);
     ``allowed_origins`` (``["https://app.example.com", "https://*.example.com"]``)
     refuses browsers on other sites with 403 (requests without ``Origin`` pass);
     ``trusted_proxies`` (addresses or networks) are the reverse proxies whose
@@ -511,6 +614,13 @@ def serve(
     """
     if transport not in _TRANSPORTS:
         raise ValueError(f"transport must be one of {_TRANSPORTS}, got {transport!r}")
+    if metrics_path is not None:
+        _exposition_of(router.observer)  # a missing plugin is refused now, not at start
+    for where in pages or {}:
+        if not where.startswith("/") or "?" in where:
+            raise ValueError(f"a page's path starts with / and has no query, got {where!r}")
+        if where in (health_path, metrics_path):
+            raise ValueError(f"{where!r} is the health or metrics path; a page cannot use it")
     return Serve(
         router,
         {
@@ -525,6 +635,8 @@ def serve(
             "transport": transport,
             "path": path,
             "health_path": health_path,
+            "metrics_path": metrics_path,
+            "pages": dict(pages or {}),
             "allowed_origins": None if allowed_origins is None else tuple(allowed_origins),
             "trusted_proxies": tuple(trusted_proxies),
         },

@@ -31,6 +31,8 @@ from ._router import Middleware, Next
 from .ratelimit import data_field
 
 if TYPE_CHECKING:
+    from ._handle import ConnectionHandle
+    from ._observer import HubView
     from ._router import Router
     from .pubsub._backend import PublishResult
 
@@ -139,9 +141,10 @@ def log_messages(
 
 # -- metrics ------------------------------------------------------------------------
 
-#: ``hook(name, labels, amount)``, called on every increment: wire it to Prometheus
-#: (``counters[name].labels(**labels).inc(amount)``) or OpenTelemetry
-#: (``counters[name].add(amount, labels)``). Names and labels: see :class:`Metrics`.
+#: ``hook(name, labels, amount)``, called on every increment: wire it to a metrics
+#: library, e.g. OpenTelemetry (``counters[name].add(amount, labels)``); for
+#: Prometheus, ``wskit_trio.prometheus.PrometheusMetrics`` does it all. Names and
+#: labels: see :class:`Metrics`.
 MetricsHook: TypeAlias = Callable[[str, Mapping[str, str], int], None]
 
 INVALID: Final = "<invalid>"
@@ -250,11 +253,11 @@ class Metrics:
 
     # -- the observer (called by the runtime) ---------------------------------------
 
-    def connection_opened(self) -> None:
+    def connection_opened(self, conn: ConnectionHandle) -> None:
         self._opened += 1
         self._emit("connections_opened", {})
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, conn: ConnectionHandle) -> None:
         self._closed += 1
         self._emit("connections_closed", {})
 
@@ -287,6 +290,17 @@ class Metrics:
         outcome = "ok" if result.ok else (result.error or "error")
         self._publishes[outcome] = self._publishes.get(outcome, 0) + 1
         self._emit("publishes", {"outcome": outcome})
+
+    # Timings and the hubs' own counts are for exporters (``PrometheusMetrics``).
+
+    def rpc_finished(self, type: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def pubsub_started(self, hub: HubView) -> None:
+        pass
+
+    def pubsub_stopped(self, hub: HubView) -> None:
+        pass
 
     # -- on_error ---------------------------------------------------------------------
 

@@ -47,8 +47,13 @@ RPC_ERROR_TYPE: Final = "RPC_ERROR"
 #: Server-assigned meta keys (the last three are pub/sub positions, delivery.md
 #: §11.4); deleted from inbound meta so clients cannot spoof them.
 RESERVED_META_KEYS: Final = frozenset({"clientId", "receivedAt", "topic", "offset", "epoch"})
-#: Meta keys every schema accepts, with their JSON checks.
-STANDARD_META_KEYS: Final = frozenset({"timestamp", "correlationId", "timeoutMs"})
+#: Meta keys every schema accepts, with their JSON checks. ``traceparent`` and
+#: ``tracestate`` carry a W3C Trace Context (docs/protocol.md §1): accepted whether or
+#: not the server traces, so turning tracing off never breaks a client that sends them.
+STANDARD_META_KEYS: Final = frozenset(
+    {"timestamp", "correlationId", "timeoutMs", "traceparent", "tracestate"}
+)
+_STRING_META_KEYS: Final = frozenset({"correlationId", "traceparent", "tracestate"})
 _ROOT_KEYS: Final = frozenset({"type", "meta", "payload"})
 #: The payload of a message whose schema has none (the key is left out on the wire).
 NO_PAYLOAD: Final[Any] = attrs.make_class("NoPayload", [], repr=False)()
@@ -103,7 +108,7 @@ def decode_frame(data: str | bytes) -> InboundFrame | FrameError:
 
 
 def _check_standard_meta(key: str, value: Any) -> str | None:
-    if key == "correlationId":
+    if key in _STRING_META_KEYS:
         return None if type(value) is str else f"expected string, got {type_name(value)}"
     # timestamp and timeoutMs are numbers; booleans are not numbers.
     if type(value) is not int and type(value) is not float:

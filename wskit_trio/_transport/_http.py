@@ -21,9 +21,11 @@ from typing import Final
 import attrs
 import h11
 
+from .._protocol import extensions
 from . import Rejected
 
 __all__ = [
+    "ACCEPT_HEADERS",
     "MAX_HEADERS",
     "MAX_HEAD_BYTES",
     "HeadReader",
@@ -175,15 +177,21 @@ def _is_key(key: str) -> bool:
         return False
 
 
+#: What every 101 says beyond the handshake: the protocol extensions this server
+#: has (docs/protocol.md §7), so a client uses them here and not on WS-Kit's server.
+ACCEPT_HEADERS: Final = ((extensions.HEADER, extensions.HEADER_VALUE),)
+
+
 def accept_response(key: str, subprotocol: str | None) -> bytes:
-    """The 101 answer to an upgrade whose key passed :func:`check_upgrade`. No
-    extension is ever negotiated."""
+    """The 101 answer to an upgrade whose key passed :func:`check_upgrade`, with
+    :data:`ACCEPT_HEADERS`. No WebSocket extension is ever negotiated."""
     accept = base64.b64encode(hashlib.sha1(key.strip().encode("ascii") + _GUID).digest())
     lines = [
         b"HTTP/1.1 101 Switching Protocols",
         b"Upgrade: websocket",
         b"Connection: Upgrade",
         b"Sec-WebSocket-Accept: " + accept,
+        *(f"{name}: {value}".encode("latin-1") for name, value in ACCEPT_HEADERS),
     ]
     if subprotocol is not None:
         lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1"))

@@ -20,7 +20,7 @@ from wsproto.events import BytesMessage, TextMessage
 
 from .._errors import ConnectionClosed, MessageTooBig
 from . import UpgradeRequest, over_limit
-from ._http import RequestHead
+from ._http import ACCEPT_HEADERS, RequestHead
 
 __all__ = ["TrioWebsocketTransport", "open_trio_websocket"]
 
@@ -157,7 +157,8 @@ async def open_trio_websocket(
     close_timeout: float,
 ) -> AsyncIterator[TrioWebsocketTransport]:
     """Hand a checked upgrade (``check_upgrade``) to trio-websocket: it reads the
-    request again from the replayed head and answers 101. Its reader task lives in
+    request again from the replayed head and answers 101 (with the same
+    ``ACCEPT_HEADERS`` as ours). Its reader task lives in
     a nursery of this connection's own."""
     async with trio.open_nursery() as nursery:
         ws = _Bounded(
@@ -168,7 +169,13 @@ async def open_trio_websocket(
         nursery.start_soon(ws._reader_task)
         try:
             ws_request = await ws._get_request()
-            accepted = await ws_request.accept(subprotocol=subprotocol)
+            accepted = await ws_request.accept(
+                subprotocol=subprotocol,
+                extra_headers=[
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in ACCEPT_HEADERS
+                ],
+            )
         except trio_websocket.ConnectionClosed:
             raise ConnectionClosed(1006, "") from None
         try:

@@ -4,7 +4,8 @@ A request is one :class:`Pending`: the client settles it (reply, error) or feeds
 it progress, as the protocol session decides; the caller waits on it through a
 :class:`RequestStream`. Its frame is encoded when it goes on the wire, not when
 ``request()`` is called, so ``meta.timeoutMs`` is the budget that is left then (a
-request that waited in the offline queue tells the server how long it still has).
+request that waited in the offline queue tells the server how long it still has),
+and it is there only if the connection it goes out on uses that extension.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import trio
 
 from .._errors import RequestTimeout
-from .._protocol import frames
+from .._protocol import extensions, frames
 from .._schema import RpcSchema
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ class Outgoing:
 
     type: str
 
-    def encode(self) -> str | None:
+    def encode(self, socket: ClientSocket) -> str | None:
+        """The frame as it goes out on ``socket`` (whose extensions it may use)."""
         raise NotImplementedError
 
     def mark_sent(self, socket: ClientSocket | None) -> None:
@@ -56,7 +58,7 @@ class PlainFrame(Outgoing):
         self.type = type
         self.text = text
 
-    def encode(self) -> str:
+    def encode(self, socket: ClientSocket) -> str:
         return self.text
 
 
@@ -74,7 +76,6 @@ class Pending(Outgoing, Generic[Res]):
         "payload",
         "progress",
         "schema",
-        "send_deadline",
         "sent_on",
         "type",
         "value",
@@ -88,7 +89,6 @@ class Pending(Outgoing, Generic[Res]):
         payload: Any,
         meta: dict[str, Any],
         deadline: float,
-        send_deadline: bool = True,
     ) -> None:
         self.schema = schema
         self.type = schema.request.type
@@ -97,7 +97,6 @@ class Pending(Outgoing, Generic[Res]):
         self.meta = meta
         #: The budget (``trio.current_time()`` clock) sent as ``meta.timeoutMs``.
         self.deadline = deadline
-        self.send_deadline = send_deadline
         self.sent_on: ClientSocket | None = None
         #: The caller gave up (timeout, cancellation, left the stream early).
         self.abandoned = False
@@ -109,7 +108,7 @@ class Pending(Outgoing, Generic[Res]):
 
     # -- outbound ----------------------------------------------------------------
 
-    def encode(self) -> str | None:
+    def encode(self, socket: ClientSocket) -> str | None:
         if self.settled or self.abandoned:
             return None
         meta = dict(self.meta)
@@ -118,7 +117,7 @@ class Pending(Outgoing, Generic[Res]):
             remaining = self.deadline - trio.current_time()
             if remaining <= 0:
                 return None  # expired while queued; the caller's timeout answers it
-            if self.send_deadline:
+            if extensions.TIMEOUT_MS in socket.extensions:
                 meta["timeoutMs"] = max(1, math.ceil(remaining * 1000))
         return frames.encode_frame(self.type, meta, self.payload)
 

@@ -25,7 +25,7 @@ import trio
 from .._errors import ConnectionClosed, RpcError
 from .._groups import single_exception
 from .._options import options_as_keywords
-from .._protocol import frames
+from .._protocol import extensions, frames
 from .._protocol.pubsub import Position
 from .._protocol.session import (
     ClientSession,
@@ -132,6 +132,15 @@ class Client:
     def subprotocol(self) -> str | None:
         """The subprotocol the server selected on the current (or last) connection."""
         return self._supervisor.subprotocol
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """The protocol extensions the current (or last) connection uses
+        (docs/protocol.md §7): what the server advertised in its 101, unless the
+        ``extensions`` option overrides it. Empty on a WS-Kit server. The client
+        itself uses ``"timeoutMs"`` and ``"abort"``; check ``"positions"`` before
+        asking the server for positions (a ``since`` in your join message)."""
+        return self._supervisor.extensions
 
     async def wait_state(self, *states: ClientState) -> ClientState:
         """Wait until the state is one of ``states`` (returns at once if it is)."""
@@ -265,16 +274,18 @@ class Client:
     ) -> Any:
         """Send a request and return the reply's payload (typed by the schema).
 
-        The frame carries a fresh UUID correlationId and ``meta.timeoutMs``: what is
-        left of ``timeout`` seconds (``None``: no client timeout) or of the caller's
-        own trio deadline, whichever ends first. ``on_progress`` (sync or async) gets
+        The frame carries a fresh UUID correlationId and, on a server that has that
+        extension (:attr:`extensions`), ``meta.timeoutMs``: what is left of
+        ``timeout`` seconds (``None``: no client timeout) or of the caller's own
+        trio deadline, whichever ends first. ``on_progress`` (sync or async) gets
         each progress payload. Raises :class:`RpcError` for an error answer,
         :class:`RequestTimeout` after ``timeout``, :class:`ConnectionClosed` when the
         connection is lost first, :class:`AlreadyClosed` when the client is (or gets)
         closed by ``aclose()``, :class:`FrameDropped` when it cannot be queued while
         offline, ``InboundValidationError`` for an invalid reply. A timed-out or
-        cancelled request is aborted on the server (``$ws:abort``). With
-        ``open_client(retry=Retry(...))``, retryable errors are retried.
+        cancelled request is aborted on the server (``$ws:abort``, where it has
+        that extension). With ``open_client(retry=Retry(...))``, retryable errors
+        are retried.
         """
         deadline = trio.current_time() + timeout if timeout is not None else math.inf
         attempt = 1
@@ -368,9 +379,7 @@ class Client:
         body = request.wire_payload(payload)
         cid = correlation_id or str(uuid.uuid4())
         budget = min(deadline, trio.current_effective_deadline())
-        pending: Pending[Res] = Pending(
-            schema, cid, body, wire_meta, budget, send_deadline=self.options.extensions
-        )
+        pending: Pending[Res] = Pending(schema, cid, body, wire_meta, budget)
         self._session.begin_request(cid, pending, schema, progress=progress)
         try:
             await supervisor.transmit(pending)
@@ -381,7 +390,11 @@ class Client:
                 pending.abandoned = True
                 supervisor.queue.discard(pending)
                 sock = pending.sent_on
-                if sock is not None and sock is supervisor.socket and self.options.extensions:
+                if (
+                    sock is not None
+                    and sock is supervisor.socket
+                    and extensions.ABORT in sock.extensions
+                ):
                     # The server is working on it: tell it to stop (the caller is
                     # cancelled or timed out; this must still go out, briefly).
                     abort = frames.encode_frame(frames.ABORT_TYPE, {"correlationId": cid})

@@ -165,10 +165,13 @@ class ClientOptions:
     retry: Retry | None = None
     #: Requests in flight at once; one more raises ``RpcError(RESOURCE_EXHAUSTED)``.
     pending_requests_limit: int = 1000
-    #: Send protocol v1's additions: ``meta.timeoutMs`` on requests, ``$ws:abort``
-    #: when a caller gives up. Turn off for a WS-Kit 0.10 server, whose strict meta
-    #: refuses ``timeoutMs`` (deadlines then hold on this side only).
-    extensions: bool = True
+    #: Use protocol v1's additions (``meta.timeoutMs`` on requests, ``$ws:abort``
+    #: when a caller gives up): ``None`` when the server advertises them in its 101
+    #: (``X-WsKit-Extensions``; decided on every connect), ``True`` always (a
+    #: wskit_trio server behind a proxy that drops the header), ``False`` never.
+    #: Without them (a WS-Kit 0.10 server, whose strict meta refuses ``timeoutMs``)
+    #: deadlines hold on this side only.
+    extensions: bool | None = None
     #: Seconds one connection attempt (TCP, TLS, upgrade) may take.
     connect_timeout: float = 10.0
     #: Seconds the close handshake may take before the connection is dropped.

@@ -21,6 +21,7 @@ import trio_websocket
 
 from .._errors import ConnectError, ConnectionClosed
 from .._groups import only_cancelled, reraise, the_one_exception
+from .._protocol import extensions as _extensions
 
 __all__ = ["ClientSocket", "is_secret_param", "open_socket", "redacted", "with_query"]
 
@@ -33,10 +34,21 @@ def _closed(exc: trio_websocket.ConnectionClosed) -> ConnectionClosed:
 
 
 class ClientSocket:
-    """One open client WebSocket."""
+    """One open client WebSocket, and the protocol extensions it uses: those the
+    server advertised in its 101 (docs/protocol.md §7), unless ``extensions``
+    overrides them (``True``: all, ``False``: none)."""
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+    def __init__(
+        self, ws: trio_websocket.WebSocketConnection, extensions: bool | None = None
+    ) -> None:
         self._ws = ws
+        headers = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in ws.handshake_headers)
+        #: What the server said it has (empty: a WS-Kit server, or a proxy that drops
+        #: the header).
+        self.advertised = _extensions.advertised(headers)
+        #: What this connection uses: decided per connection, as a reconnect may
+        #: reach another server.
+        self.extensions = _extensions.in_use(self.advertised, extensions)
 
     @property
     def subprotocol(self) -> str | None:
@@ -393,12 +405,14 @@ async def open_socket(
     close_timeout: float = 5.0,
     max_message_size: int = 1024 * 1024,
     secret_params: Collection[str] = (),
+    extensions: bool | None = None,
 ) -> AsyncIterator[ClientSocket]:
     """Open a WebSocket to ``url`` for the block; raises :class:`ConnectError` when
     it cannot be opened (at once when the connection ends before the server answers
     the upgrade). On exit the socket is closed (gracefully unless cancelled).
     Errors show ``url`` :func:`redacted`, also hiding the query parameters
-    ``secret_params`` (a token the caller attached under a name of its own)."""
+    ``secret_params`` (a token the caller attached under a name of its own).
+    ``extensions`` overrides what the server advertises (:class:`ClientSocket`)."""
     target = _Target.of(url, ssl_context, secret_params)
     opening = _Opening(url, target, connect_timeout, secret_params)
     ws: trio_websocket.WebSocketConnection | None = None
@@ -410,7 +424,7 @@ async def open_socket(
                 headers=headers,
                 max_message_size=max_message_size,
             )
-            sock = ClientSocket(ws)
+            sock = ClientSocket(ws, extensions)
             try:
                 yield sock
             finally:

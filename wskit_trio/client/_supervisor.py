@@ -81,6 +81,8 @@ class ConnectionSupervisor:
         self.socket: ClientSocket | None = None
         #: The subprotocol the server selected on the current (or last) connection.
         self.subprotocol: str | None = None
+        #: The protocol extensions the current (or last) connection uses.
+        self.extensions: frozenset[str] = frozenset()
         self._heartbeat_ack: trio.Event | None = None
         #: aclose() was called: no reconnect, no new frames.
         self._closing = False
@@ -140,7 +142,7 @@ class ConnectionSupervisor:
         if connecting is not None and connecting is sock:
             return await self._send_first(connecting, item)
         if self.state is ClientState.OPEN and sock is not None:
-            text = item.encode()
+            text = item.encode(sock)
             if text is None:
                 return False
             item.mark_sent(sock)
@@ -157,7 +159,7 @@ class ConnectionSupervisor:
         """Send for ``on_connect``, before the queue is flushed. Never queued: if the
         connection is lost, ``ConnectionClosed`` is raised, and the hook runs
         again on the next connection."""
-        text = item.encode()
+        text = item.encode(sock)
         if text is None:
             return False
         item.mark_sent(sock)
@@ -187,7 +189,7 @@ class ConnectionSupervisor:
     async def _flush(self, sock: ClientSocket) -> bool:
         """Send what the offline queue holds, in order; then the client is open."""
         while (item := self.queue.pop()) is not None:
-            text = item.encode()
+            text = item.encode(sock)
             if text is None:
                 continue
             item.mark_sent(sock)
@@ -258,6 +260,7 @@ class ConnectionSupervisor:
                             close_timeout=options.close_timeout,
                             max_message_size=options.max_message_size,
                             secret_params=self._secret_params,
+                            extensions=options.extensions,
                         ) as sock:
                             failures = self.attempt = 0
                             self.connects += 1
@@ -284,6 +287,7 @@ class ConnectionSupervisor:
         """Run one open connection until it closes; returns how it closed."""
         self.socket = sock
         self.subprotocol = sock.subprotocol
+        self.extensions = sock.extensions
         closed = ConnectionClosed(1006, "")
         try:
             async with trio.open_nursery() as nursery:

@@ -235,11 +235,15 @@ class PubSubHub:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Attach to the backend and run it until cancelled."""
         self.backend.attach(self.deliver, self._topics.keys, self.history)
+        if self.observer is not None:
+            self.observer.pubsub_started(self)
         try:
             await self.backend.run(task_status=task_status)
             await trio.sleep_forever()  # a backend with no work of its own returns at once
         finally:
             self.backend.detach(self.deliver)
+            if self.observer is not None:
+                self.observer.pubsub_stopped(self)
 
     def statistics(self) -> PubSubStatistics:
         return PubSubStatistics(

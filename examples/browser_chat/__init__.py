@@ -1,0 +1,1 @@
+"""Browser chat: a page the example serves itself, speaking the wire protocol."""
