@@ -42,6 +42,7 @@ from wskit_trio import (
     message,
     rpc,
 )
+from wskit_trio._protocol import extensions
 from wskit_trio.asgi import WebSocketApp
 
 TIMEOUT = 10
@@ -212,6 +213,9 @@ async def test_http_route_beside_the_websocket(site: Hypercorn) -> None:
 
 async def test_typed_event_round_trip(site: Hypercorn) -> None:
     client = await open_client(site.url())
+    # The 101 lists the protocol extensions, as serve()'s does.
+    assert client.ws.response is not None
+    assert client.ws.response.headers["X-WsKit-Extensions"] == extensions.HEADER_VALUE
     await client.send(frame("PING", {"text": "hi"}))
     assert await client.recv_json() == {"type": "PONG", "meta": {}, "payload": {"reply": "hi"}}
     await client.close()

@@ -20,6 +20,7 @@ import attrs
 import pytest
 import trio
 from _net import ready_port
+from _npm import npm_ci
 
 from benchmarks.run import BUN_DIR, find_bun
 from wskit_trio import rpc
@@ -58,6 +59,7 @@ EXPORT = rpc("EXPORT", Export, "EXPORTED", Exported)
 @asynccontextmanager
 async def wskit_on_bun() -> AsyncIterator[str]:
     """``tests/bun/wskit_server.ts`` on a free port for the block; yields its URL."""
+    npm_ci(BUN_DIR, "@ws-kit/bun")
     bun, why = find_bun(install=False)
     if bun is None:
         pytest.fail(f"{why}: run `npm ci` in {BUN_DIR} (.ci/run does)")

@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio_websocket
 from _net import recv_json, running_server, send_json
+from _npm import npm_ci
 
 from wskit_trio import ConfigurationError, Router, export_contract, message, rpc
 from wskit_trio._cli import module_schemas
@@ -373,7 +374,7 @@ def test_typescript_clients_type_check_against_the_generated_module(tmp_path: Pa
     )
     (tmp_path / "client_ok.ts").write_text(CLIENT_OK)
     (tmp_path / "client_bad.ts").write_text(CLIENT_BAD)
-    modules = TS / "node_modules"
+    modules = npm_ci(TS, "typescript/bin/tsc")
     tsconfig = {
         "compilerOptions": {
             "strict": True,

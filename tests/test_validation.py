@@ -236,3 +236,32 @@ def test_abstract_collections_unstructure_to_lists() -> None:
 )
 def test_type_names_are_json_names(value: Any, name: str) -> None:
     assert type_name(value) == name
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Mode(str, enum.Enum):  # noqa: UP042 (the mix-in is the case under test)
+    FAST = "fast"
+
+
+@attrs.frozen
+class Tuned:
+    level: Level
+    mode: Mode
+    count: int
+
+
+def test_int_and_str_mixin_enums_structure_to_members() -> None:
+    # A hook for ``int`` / ``str`` also gets their enum subclasses: they must still
+    # come back as members (a plain value would fail when it is sent again).
+    tuned = structurer(Tuned)({"level": 2, "mode": "fast", "count": 3})
+    assert tuned == Tuned(Level.HIGH, Mode.FAST, 3)
+    assert type(tuned.level) is Level and type(tuned.mode) is Mode
+    assert unstructure(tuned) == {"level": 2, "mode": "fast", "count": 3}
+    assert problems({"level": True, "mode": "slow", "count": 1}, structurer(Tuned)) == {
+        "$.payload.level": "expected one of [1, 2]",
+        "$.payload.mode": "expected one of ['fast']",
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc as abc
 import enum
+import functools
 import math
 import typing
 from collections.abc import Callable
@@ -143,6 +144,33 @@ def _is_enum(t: Any) -> bool:
     return isinstance(t, type) and issubclass(t, enum.Enum)
 
 
+@functools.cache
+def _structure_enum(t: type[enum.Enum]) -> Callable[[Any, Any], Any]:
+    """A member of ``t`` from its value, compared by type and value (JSON ``true``
+    is not ``1``)."""
+    by_value = {(type(m.value), m.value): m for m in t}
+
+    def structure(value: Any, _: Any) -> Any:
+        try:
+            return by_value[(type(value), value)]
+        except (KeyError, TypeError):
+            raise StrictTypeError(f"expected one of {[m.value for m in t]!r}") from None
+
+    return structure
+
+
+def _or_enum(scalar: type, hook: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``hook`` for ``scalar``, the enum hook for an enum that subclasses it
+    (``IntEnum``, a ``str`` mix-in): a hook registered for ``int`` also gets those."""
+
+    def structure(value: Any, t: Any) -> Any:
+        if t is scalar or not _is_enum(t):
+            return hook(value, t)
+        return _structure_enum(t)(value, t)
+
+    return structure
+
+
 def make_converter(*, detailed: bool = True) -> cattrs.Converter:
     """The strict converter. ``detailed`` collects every problem with its path;
     without it, structuring stops at the first problem (faster, for valid input)."""
@@ -153,10 +181,13 @@ def make_converter(*, detailed: bool = True) -> cattrs.Converter:
         # which is also the only form the strict structuring hooks below accept back.
         unstruct_collection_overrides={abc.Set: list, tuple: list, abc.Sequence: list},
     )
-    conv.register_structure_hook(str, _structure_str)
-    conv.register_structure_hook(int, _structure_int)
-    conv.register_structure_hook(float, _structure_float)
-    conv.register_structure_hook(bool, _structure_bool)
+    for scalar, hook in (
+        (str, _structure_str),
+        (int, _structure_int),
+        (float, _structure_float),
+        (bool, _structure_bool),
+    ):
+        conv.register_structure_hook(scalar, _or_enum(scalar, hook))
     conv.register_structure_hook(type(None), _structure_none)
 
     @conv.register_structure_hook_factory(attrs.has)
@@ -236,15 +267,7 @@ def make_converter(*, detailed: bool = True) -> cattrs.Converter:
 
     @conv.register_structure_hook_factory(_is_enum)
     def _enum_hook(t: type[enum.Enum]) -> Callable[[Any, Any], Any]:
-        by_value = {(type(m.value), m.value): m for m in t}
-
-        def structure(value: Any, _: Any) -> Any:
-            try:
-                return by_value[(type(value), value)]
-            except (KeyError, TypeError):
-                raise StrictTypeError(f"expected one of {[m.value for m in t]!r}") from None
-
-        return structure
+        return _structure_enum(t)
 
     return conv
 

@@ -23,6 +23,7 @@ import trio
 from .._admission import TrustedProxies, client_ip
 from .._errors import ConnectionClosed, MessageTooBig
 from . import Rejected, UpgradeRequest, host_port, over_limit
+from ._http import ACCEPT_HEADERS
 
 __all__ = [
     "AsgiTransport",
@@ -201,7 +202,14 @@ async def open_asgi(
     """Accept the upgrade (``websocket.accept``, the server answers 101) and yield the
     transport."""
     try:
-        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        await send(
+            {
+                "type": "websocket.accept",
+                "subprotocol": subprotocol,
+                # The extensions this server speaks, as the other transports' 101 says.
+                "headers": [(n.lower().encode(), v.encode()) for n, v in ACCEPT_HEADERS],
+            }
+        )
     except OSError:
         raise ConnectionClosed(1006, "") from None
     yield AsgiTransport(receive, send, request, max_message_bytes)
