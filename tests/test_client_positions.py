@@ -137,6 +137,18 @@ def test_a_new_epoch_replaces_the_position() -> None:
     assert session.position(ROOM) == Position(2, "e2")
 
 
+def test_a_snapshot_position_replaces_what_was_seen_and_later_messages_advance_it() -> None:
+    session = news_session()
+    receive(session, stamped("NEWS", 900))
+    # The app reloaded the topic's state, taken at offset 3 of a new epoch.
+    session.set_position(ROOM, Position(3, "e2"))
+    assert session.position(ROOM) == Position(3, "e2")
+    receive(session, stamped("NEWS", 4, epoch="e2"))
+    assert session.position(ROOM) == Position(4, "e2")
+    session.set_position(ROOM, None)
+    assert session.position(ROOM) is None
+
+
 def test_a_message_without_position_keys_is_unaffected() -> None:
     session = news_session()
     receive(session, stamped("NEWS", 3))

@@ -529,6 +529,16 @@ class ClientSession(Generic[H]):
         stamped with one): re-join with it to get what came after."""
         return self._positions.get(topic)
 
+    def set_position(self, topic: str, position: Position | None) -> None:
+        """Take ``position`` as where this client stands on ``topic`` (``None``:
+        nowhere): an app that loaded a snapshot of the topic's state at a position
+        (a ``Recovery.position`` after ``recovered=False``) re-joins from there, not
+        from what it saw before the snapshot. Messages stamped later advance it."""
+        if position is None:
+            self._positions.pop(topic, None)
+        else:
+            self._positions[topic] = position
+
     def _advance(self, topic: str, position: Position) -> None:
         """Remember ``position`` unless it is not newer than the one known in the same
         epoch; an epoch change replaces it (the old history is gone)."""

@@ -163,6 +163,13 @@ class Client:
         message stamped with one. Re-join with it (``since=``) in ``on_connect``."""
         return self._session.position(topic)
 
+    def set_position(self, topic: str, position: Position | None) -> None:
+        """Where the app's state of ``topic`` stands, when it knows better than the
+        messages seen: after loading a snapshot taken at ``position`` (the
+        ``Recovery.position`` of a join that did not recover), so the next re-join
+        asks for what came after the snapshot. ``None`` forgets the topic."""
+        self._session.set_position(topic, position)
+
     async def _connected(self) -> None:
         """A connection is up: the app's ``on_connect`` re-joins on it."""
         hook = self.options.on_connect
