@@ -26,8 +26,10 @@ stdout. Commands (``op``):
   first reconnects and joins ``since`` its last position. ``rate`` is replayed
   messages/s from that ``JOIN`` to the last of the ``count``; the recovery must say
   ``recovered`` and the offsets follow on from the position, one by one.
-* ``open`` / ``close``: open ``count`` idle connections (the runner measures the
-  server's memory meanwhile) / close them all.
+* ``open`` / ``close``: open ``count`` idle connections, at most
+  ``CONNECT_CONCURRENCY`` upgrades in flight (the runner measures the server's
+  memory meanwhile; ``rate`` is connections/s, from the first connect to the last
+  upgrade completed) / close them all.
 * ``quit``.
 
 Each result carries ``error`` (a string) if something went wrong, e.g. the first
@@ -560,8 +562,16 @@ class Idle:
                 except Exception:
                     failures += 1
 
+        start = time.perf_counter()
+        before = len(self.clients)
         await asyncio.gather(*(one() for _ in range(count)))
-        result: dict[str, Any] = {"opened": len(self.clients)}
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        opened = len(self.clients) - before
+        result: dict[str, Any] = {
+            "opened": opened,
+            "seconds": elapsed,
+            "rate": opened / elapsed,
+        }
         if failures:
             result["error"] = f"{failures} connections failed"
         return result

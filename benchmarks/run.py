@@ -9,9 +9,19 @@ of each is kept (the machine is shared, and noise only ever makes things slower)
 
 Beside the table's rows, for ``wskit`` (the delivery guarantees, delivery.md §10 to
 §12): a burst fan-out (one handler publishing in a loop; every subscriber must get
-every message, in order), the fan-out again on a server with history on and
-subscribers with positions (its ratio to the plain fan-out of the same run is a
-target), and the rate at which one reconnecting client is replayed what it missed.
+every message, in order), against the same loop of ``broadcast()`` calls on
+``websockets``; the fan-out again on a server with history on and subscribers with
+positions (its ratio to the plain fan-out of the same run is a target), and the
+rate at which one reconnecting client is replayed what it missed. Fan-out and the
+burst are measured ``repeat`` times too, round by round, best kept.
+
+``baseline_ref`` (``--baseline-ref REF``) adds a row ``wskit_trio @REF``: the same
+app (``benchmarks`` of this tree) on the wskit_trio of another commit, extracted
+with ``git archive`` into a temporary directory, measured interleaved with the
+current one (echo, RPC, fan-out), with the ratio of the two in the table.
+
+The run says on ``log`` which step it is at (``[3/31] ... round 2/3``), one line
+per step and never while a measurement runs.
 """
 
 from __future__ import annotations
@@ -30,13 +40,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["FULL", "QUICK", "SMOKE", "Results", "Settings", "run_suite"]
+__all__ = ["FULL", "QUICK", "SMOKE", "Results", "Settings", "from_json", "run_suite", "to_json"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -128,10 +139,14 @@ class Target:
     fanout: bool = False
     #: Path for the fan-out scenario's connections.
     fanout_path: str = "/"
+    #: It answers ``BURST`` (a handler publishing ``count`` messages in a loop).
+    burst: bool = False
+    #: A wskit_trio source tree of another commit to run it from (the baseline row).
+    source: Path | None = None
 
 
 TARGETS = (
-    Target("wskit", "wskit_trio, wsproto transport", app=True, fanout=True),
+    Target("wskit", "wskit_trio, wsproto transport", app=True, fanout=True, burst=True),
     Target("wskit-trio-websocket", "wskit_trio, trio-websocket adapter", app=True, fanout=True),
     Target("bare-wsproto", "bare wsproto loop on trio (echo)", app=False),
     Target("bare-wsproto-batched", "bare wsproto loop, one write per read (echo)", app=False),
@@ -142,6 +157,7 @@ TARGETS = (
         app=False,
         fanout=True,
         fanout_path="/fanout",
+        burst=True,
     ),
     Target("bun", "WS-Kit 0.10 on Bun (Zod validation)", app=True, fanout=True),
 )
@@ -156,7 +172,11 @@ class Row:
     rpc_p50: float | None = None
     rpc_p99: float | None = None
     fanout: float | None = None
+    #: Burst fan-out deliveries/s (one handler publishing in a loop), if it has one.
+    burst: float | None = None
     memory_kib: float | None = None
+    #: Connections/s while opening the idle connections (upgrade complete).
+    connect_rate: float | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -166,9 +186,9 @@ class Results:
     rows: list[Row]
     cross_instance: float | None = None
     cross_instance_error: str | None = None
-    #: wskit only: burst fan-out deliveries/s (one handler publishing in a loop).
-    burst: float | None = None
-    burst_error: str | None = None
+    #: The same through Valkey with history on (subscribers with positions).
+    cross_instance_history: float | None = None
+    cross_instance_history_error: str | None = None
     #: wskit only: the fan-out with history on, subscribers with positions.
     history_fanout: float | None = None
     history_fanout_error: str | None = None
@@ -180,6 +200,12 @@ class Results:
 
     def row(self, name: str) -> Row | None:
         return next((r for r in self.rows if r.target.name == name), None)
+
+    @property
+    def burst(self) -> float | None:
+        """wskit's burst fan-out, deliveries/s."""
+        wskit = self.row("wskit")
+        return wskit.burst if wskit else None
 
     @property
     def history_ratio(self) -> float | None:
@@ -260,6 +286,19 @@ class Process:
     def stderr_tail(self) -> str:
         self._log.seek(0)
         return self._log.read()[-2000:]
+
+    def send_signal(self, number: int) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(number)
+
+    def interrupt(self, timeout: float = 60.0) -> None:
+        """SIGINT, a wait for the process to end by itself (a profiled server writes
+        its statistics then), and :meth:`stop`."""
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout)
+        self.stop()
 
     def stop(self) -> None:
         if self._process.poll() is None:
@@ -404,6 +443,11 @@ def valkey_server() -> Iterator[str]:
 #: The wskit server with history on (``History(size=...)``, memory backend): its key
 #: among the running processes.
 HISTORY_SERVER = "wskit --history"
+#: The baseline row's name (``--baseline-ref``).
+BASELINE = "wskit-baseline"
+#: The last commit before the delivery guarantees (#13; 01a3b70 is their first):
+#: their cost is measured against it.
+BEFORE_DELIVERY = "2bab28d"
 
 
 def history_size(s: Settings) -> int:
@@ -421,6 +465,11 @@ def _start(target: Target, bun: str | None) -> Process:
     if target.name == "bun":
         assert bun is not None
         return Process([bun, "run", "server.ts", "0"], cwd=BUN_DIR)
+    if target.source is not None:
+        # Run from the other commit's tree: ``python -m`` puts the working directory
+        # first on sys.path, so its wskit_trio is the one imported.
+        argv = [sys.executable, "-m", "benchmarks.servers", "wskit", "--no-delivery"]
+        return Process(argv, cwd=target.source)
     return Process([sys.executable, "-m", "benchmarks.servers", target.name])
 
 
@@ -433,6 +482,44 @@ def _note_error(row: Row, what: str, result: dict[str, Any]) -> bool:
         row.errors.append(f"{what}: {result['error']}")
         return True
     return False
+
+
+@contextlib.contextmanager
+def baseline_tree(ref: str) -> Iterator[tuple[Path, str]]:
+    """The wskit_trio of commit ``ref`` beside this tree's ``benchmarks`` package, in a
+    temporary directory (``git archive``, so the repository is left as it is);
+    yields the directory and the commit's short hash."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", f"{ref}^{{commit}}")
+    short = git("rev-parse", "--short", commit)
+    tree = Path(tempfile.mkdtemp(prefix=f"wskit-bench-{short}-"))
+    try:
+        archive = subprocess.Popen(["git", "archive", commit], cwd=ROOT, stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(tree)], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise RuntimeError(f"git archive {short} failed")
+        shutil.rmtree(tree / "benchmarks", ignore_errors=True)
+        shutil.copytree(
+            HERE,
+            tree / "benchmarks",
+            ignore=shutil.ignore_patterns("results", "bun", "__pycache__"),
+        )
+        imported = subprocess.run(
+            [sys.executable, "-c", "import wskit_trio; print(wskit_trio.__file__)"],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if not Path(imported).resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(f"the baseline imports {imported}, not the tree of {short}")
+        yield tree, short
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 def measure_echo(load: Load, row: Row, process: Process, s: Settings) -> None:
@@ -490,29 +577,32 @@ def measure_fanout(
     )
 
 
+def measure_row_fanout(load: Load, row: Row, process: Process, s: Settings) -> None:
+    result = measure_fanout(load, [_url(process, row.target.fanout_path)], s)
+    if not _note_error(row, "fan-out", result):
+        row.fanout = max(row.fanout or 0.0, result["rate"])
+
+
 def measure_history_fanout(load: Load, results: Results, process: Process) -> None:
     result = measure_fanout(load, [_url(process)], results.settings, join=True)
     if "error" in result:
         results.history_fanout_error = str(result["error"])
     else:
-        results.history_fanout = result["rate"]
+        results.history_fanout = max(results.history_fanout or 0.0, result["rate"])
 
 
-def measure_burst(load: Load, results: Results, process: Process) -> None:
-    s = results.settings
+def measure_burst(load: Load, row: Row, process: Process, s: Settings) -> None:
     result = load(
         s.timeout,
         op="burst",
-        urls=[_url(process)],
+        urls=[_url(process, row.target.fanout_path)],
         subscribers=s.burst_subscribers,
         count=s.burst_messages,
         topic="burst",
         timeout=s.timeout,
     )
-    if "error" in result:
-        results.burst_error = str(result["error"])
-    else:
-        results.burst = result["rate"]
+    if not _note_error(row, "burst fan-out", result):
+        row.burst = max(row.burst or 0.0, result["rate"])
 
 
 def measure_replay(load: Load, results: Results, process: Process) -> None:
@@ -532,6 +622,7 @@ def measure_replay(load: Load, results: Results, process: Process) -> None:
 
 
 def measure_memory(load: Load, row: Row, process: Process, s: Settings, count: int) -> None:
+    """Memory per idle connection, and the rate at which they were opened."""
     # Warm up first (code paths, caches, the allocator's first arenas), then compare.
     pause = 1.0 if count > 100 else 0.05  # for the server to finish with each one
     load(s.timeout, op="open", url=_url(process), count=min(50, count))
@@ -544,6 +635,43 @@ def measure_memory(load: Load, row: Row, process: Process, s: Settings, count: i
     load(s.timeout, op="close")
     if not _note_error(row, "memory", result):
         row.memory_kib = (after - before) / max(1, result["opened"])
+        row.connect_rate = result["rate"]
+
+
+class Progress:
+    """Says on ``log`` which step of the run starts and how far the run is, one line
+    per step: nothing is printed while a measurement runs."""
+
+    def __init__(self, log: IO[str], total: int) -> None:
+        self.log = log
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        print(f"[{self.done}/{self.total}] {what}  ({elapsed:,.0f}s)", file=self.log, flush=True)
+
+    def say(self, message: str) -> None:
+        print(message, file=self.log, flush=True)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One measurement of the run, announced before it starts."""
+
+    what: str
+    action: Callable[[Load], None]
+
+
+#: A measurement of one row on its server.
+Measure = Callable[[Load, Row, Process, Settings], None]
+
+
+def _short(target: Target) -> str:
+    """A row's name in progress lines."""
+    return target.label.split(" (")[0]
 
 
 def run_suite(
@@ -553,10 +681,43 @@ def run_suite(
     bun: bool = True,
     install_bun: bool = True,
     valkey: bool = True,
+    baseline_ref: str | None = None,
     log: IO[str] = sys.stderr,
+) -> Results:
+    """Run every scenario against every server (``only``: those named), the baseline
+    of ``baseline_ref`` too when given (a note says why when it cannot be had: no
+    git, a shallow clone), and return the figures."""
+    with contextlib.ExitStack() as stack:
+        baseline, why = None, None
+        if baseline_ref is not None and (only is None or "wskit" in only):
+            try:
+                tree, short = stack.enter_context(baseline_tree(baseline_ref))
+            except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
+                why = f"no baseline row: {baseline_ref} unavailable ({type(exc).__name__})"
+            else:
+                label = f"wskit_trio @{short}"
+                baseline = Target(BASELINE, label, app=True, fanout=True, source=tree)
+        results = _run_suite(settings, only, bun, install_bun, valkey, baseline, log)
+        if why is not None:
+            results.notes.append(why)
+        return results
+
+
+def _run_suite(
+    settings: Settings,
+    only: set[str] | None,
+    bun: bool,
+    install_bun: bool,
+    valkey: bool,
+    baseline: Target | None,
+    log: IO[str],
 ) -> Results:
     _raise_fd_limit()
     targets = [t for t in TARGETS if only is None or t.name in only]
+    if baseline is not None:
+        # Right after the current one, so that the two alternate in every round.
+        at = next((i + 1 for i, t in enumerate(targets) if t.name == "wskit"), 0)
+        targets.insert(at, baseline)
     results = Results(settings, [Row(t) for t in targets], machine=machine_info())
     bun_path: str | None = None
     if any(t.name == "bun" for t in targets):
@@ -578,92 +739,142 @@ def run_suite(
         results.notes.append(
             f"idle connections cut to {idle} (open-file limit {limit}; raise it with ulimit -n)"
         )
+    s = settings
+    wskit = results.row("wskit")
+    cross = valkey and (only is None or "wskit" in only)
+    processes: dict[str, Process] = {}
 
-    def say(message: str) -> None:
-        print(message, file=log, flush=True)
+    def against(measure: Measure, row: Row) -> Callable[[Load], None]:
+        def action(load: Load) -> None:
+            measure(load, row, processes[row.target.name], s)
+
+        return action
+
+    def history_fanout(load: Load) -> None:
+        measure_history_fanout(load, results, processes[HISTORY_SERVER])
+
+    def replay(load: Load) -> None:
+        measure_replay(load, results, processes[HISTORY_SERVER])
+
+    # The plan first, so that every step can say how far the run is.
+    rounds: list[Step] = []
+    for round_ in range(1, s.repeat + 1):
+        of = f"round {round_}/{s.repeat}"
+        for row in results.rows:
+            name = _short(row.target)
+            rounds += [
+                Step(f"{name} · echo, window {s.window} · {of}", against(measure_echo, row)),
+                Step(f"{name} · RPC x{s.rpc_count:,} · {of}", against(measure_rpc, row)),
+            ]
+        for row in results.rows:
+            name = _short(row.target)
+            if row.target.fanout:
+                what = f"{name} · fan-out 1→{s.subscribers:,} · {of}"
+                rounds.append(Step(what, against(measure_row_fanout, row)))
+            if row is wskit:
+                # Right after the plain one, for the ratio: a server with history on.
+                what = f"{name}, history on · fan-out 1→{s.subscribers:,} (JOIN) · {of}"
+                rounds.append(Step(what, history_fanout))
+        for row in results.rows:
+            if row.target.burst:
+                what = (
+                    f"{_short(row.target)} · burst {s.burst_messages:,} → "
+                    f"{s.burst_subscribers} · {of}"
+                )
+                rounds.append(Step(what, against(measure_burst, row)))
+    if wskit is not None:
+        what = f"{_short(wskit.target)}, history on · replay of {s.replay_messages:,}"
+        rounds.append(Step(what, replay))
+    fresh = [
+        Step(
+            f"{_short(row.target)} · open {idle:,} idle connections (memory, connections/s)",
+            partial(measure_fresh_memory, row=row, bun=bun_path, s=s, count=idle),
+        )
+        for row in results.rows
+    ]
+    if cross:
+        fresh += [
+            Step(
+                f"2 processes through Valkey · fan-out 1→{s.subscribers:,}",
+                partial(cross_instance, settings=s, results=results, history=False),
+            ),
+            Step(
+                f"2 processes through Valkey, history on · fan-out 1→{s.subscribers:,} (JOIN)",
+                partial(cross_instance, settings=s, results=results, history=True),
+            ),
+        ]
+    progress = Progress(log, len(rounds) + len(fresh))
 
     load = Load()
-    processes: dict[str, Process] = {}
     try:
-        say("starting " + ", ".join(row.target.label for row in results.rows))
+        progress.say("starting " + ", ".join(row.target.label for row in results.rows))
         for row in results.rows:
             processes[row.target.name] = _start(row.target, bun_path)
-        wskit = results.row("wskit")
         if wskit is not None:
             processes[HISTORY_SERVER] = _start_history(settings)
         for process in processes.values():
             process.wait_ready()
-        for round_ in range(settings.repeat):
-            for row in results.rows:
-                say(f"[round {round_ + 1}/{settings.repeat}] echo and RPC: {row.target.label}")
-                measure_echo(load, row, processes[row.target.name], settings)
-                measure_rpc(load, row, processes[row.target.name], settings)
-        for row in results.rows:
-            process = processes[row.target.name]
-            if row.target.fanout:
-                say(f"fan-out to {settings.subscribers}: {row.target.label}")
-                result = measure_fanout(load, [_url(process, row.target.fanout_path)], settings)
-                if not _note_error(row, "fan-out", result):
-                    row.fanout = result["rate"]
-            if row is wskit:
-                # Right after the plain one, for the ratio: a server with history on.
-                say(f"fan-out to {settings.subscribers}, history on: {row.target.label}")
-                measure_history_fanout(load, results, processes[HISTORY_SERVER])
+        for step in rounds:
+            progress.step(step.what)
+            step.action(load)
+        for process in processes.values():
+            process.stop()
+        processes.clear()
+        for step in fresh:
+            progress.step(step.what)
+            step.action(load)
         if wskit is not None:
-            say(
-                f"burst fan-out, a handler publishing {settings.burst_messages:,} to "
-                f"{settings.burst_subscribers}: {wskit.target.label}"
-            )
-            measure_burst(load, results, processes["wskit"])
-            say(f"replay of {settings.replay_messages:,} to a reconnecting client, history on")
-            measure_replay(load, results, processes[HISTORY_SERVER])
             for what, error in (
                 ("history-on fan-out", results.history_fanout_error),
-                ("burst fan-out", results.burst_error),
                 ("replay", results.replay_error),
             ):
                 if error is not None:
                     wskit.errors.append(f"{what}: {error}")
-        for process in processes.values():
-            process.stop()
-        processes.clear()
-        for row in results.rows:
-            # A fresh process each: memory freed by earlier scenarios would be reused
-            # and hide part of the cost.
-            say(f"memory, {idle} idle connections: {row.target.label}")
-            processes[row.target.name] = process = _start(row.target, bun_path).wait_ready()
-            measure_memory(load, row, process, settings, idle)
-            processes.pop(row.target.name).stop()
-        if valkey and (only is None or "wskit" in only):
-            say("cross-instance fan-out through Valkey, two server processes")
-            try:
-                cross_instance(load, settings, results)
-            except Exception as exc:
-                results.cross_instance_error = f"{type(exc).__name__}: {exc}"
     finally:
         for process in processes.values():
             process.stop()
         load.close()
+    progress.say(f"done in {time.monotonic() - progress.started:,.0f}s")
     return results
 
 
-def cross_instance(load: Load, settings: Settings, results: Results) -> None:
-    with valkey_server() as url:
-        servers = [
-            Process([sys.executable, "-m", "benchmarks.servers", "wskit", "--valkey", url])
-            for _ in range(2)
-        ]
-        try:
-            for server in servers:
-                server.wait_ready()
-            result = measure_fanout(load, [_url(p) for p in servers], settings)
-        finally:
-            for server in servers:
-                server.stop()
-    if "error" in result:
-        results.cross_instance_error = str(result["error"])
+def measure_fresh_memory(load: Load, row: Row, bun: str | None, s: Settings, count: int) -> None:
+    """:func:`measure_memory` on a fresh process: memory freed by earlier scenarios
+    would be reused and hide part of the cost."""
+    process = _start(row.target, bun).wait_ready()
+    try:
+        measure_memory(load, row, process, s, count)
+    finally:
+        process.stop()
+
+
+def cross_instance(load: Load, settings: Settings, results: Results, *, history: bool) -> None:
+    """Fan-out across two server processes through one Valkey; ``history``: with
+    history on (in Valkey streams) and subscribers with positions."""
+    extra = ["--history", str(history_size(settings))] if history else []
+    try:
+        with valkey_server() as url:
+            servers = [
+                Process(
+                    [sys.executable, "-m", "benchmarks.servers", "wskit", "--valkey", url, *extra]
+                )
+                for _ in range(2)
+            ]
+            try:
+                for server in servers:
+                    server.wait_ready()
+                result = measure_fanout(load, [_url(p) for p in servers], settings, join=history)
+            finally:
+                for server in servers:
+                    server.stop()
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    error = str(result["error"]) if "error" in result else None
+    rate = None if error is not None else float(result["rate"])
+    if history:
+        results.cross_instance_history, results.cross_instance_history_error = rate, error
     else:
-        results.cross_instance = result["rate"]
+        results.cross_instance, results.cross_instance_error = rate, error
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -703,10 +914,23 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _per_s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}/s"
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     if a is None or not b:
         return "n/a"
     return f"{a / b:.2f}x"
+
+
+#: The table's columns after the server's name, and the fan-out one (0-based).
+_COLUMNS, _FANOUT_COLUMN = 7, 4
+
+
+def _only(column: int, value: str) -> str:
+    """A row's cells with ``value`` in ``column`` and dashes elsewhere."""
+    return " | ".join(value if i == column else "—" for i in range(_COLUMNS))
 
 
 def render(results: Results) -> str:
@@ -720,9 +944,10 @@ def render(results: Results) -> str:
         + f"; {results.machine.get('date', '')}.",
         "",
         f"| server | echo msg/s (window {s.window}) | vs bare wsproto | server CPU µs/msg | "
-        f"RPC p50 / p99 µs | fan-out deliveries/s (1 → {s.subscribers}) | "
-        f"memory per idle connection ({s.idle_connections:,}) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"RPC p50 / p99 µs | fan-out deliveries/s (1 → {s.subscribers:,}) | "
+        f"memory per idle connection ({s.idle_connections:,}) | "
+        f"connections opened/s ({s.idle_connections:,}) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results.rows:
         rpc = (
@@ -735,19 +960,38 @@ def render(results: Results) -> str:
         lines.append(
             f"| {row.target.label} | {_num(row.echo)} | {_ratio(row.echo, base_echo)} | "
             f"{_num(row.echo_cpu, 1)} | {rpc} | "
-            f"{_num(row.fanout) if row.target.fanout else '—'} | {memory} |"
+            f"{_num(row.fanout) if row.target.fanout else '—'} | {memory} | "
+            f"{_num(row.connect_rate)} |"
         )
-    if results.row("wskit") is not None:
+    baseline = results.row(BASELINE)
+    wskit = results.row("wskit")
+    if baseline is not None and wskit is not None:
+        lines.append(baseline_row(wskit, baseline))
+    if wskit is not None:
         lines += delivery_rows(results)
-    if results.cross_instance is not None or results.cross_instance_error is not None:
-        value = (
-            _num(results.cross_instance)
-            if results.cross_instance is not None
-            else f"failed ({results.cross_instance_error})"
-        )
-        lines.append(
-            f"| wskit_trio in 2 processes, pub/sub through Valkey | — | — | — | — | {value} | — |"
-        )
+    for label, value, error in (
+        (
+            "wskit_trio in 2 processes, pub/sub through Valkey",
+            results.cross_instance,
+            results.cross_instance_error,
+        ),
+        (
+            "wskit_trio in 2 processes through Valkey, history on (subscribers with positions)",
+            results.cross_instance_history,
+            results.cross_instance_history_error,
+        ),
+    ):
+        if value is not None or error is not None:
+            shown = _num(value) if value is not None else f"failed ({error})"
+            lines.append(f"| {label} | {_only(_FANOUT_COLUMN, shown)} |")
+    if baseline is not None:
+        lines += [
+            "",
+            f"The ratio row divides {wskit.target.label if wskit else 'wskit_trio'}'s figures "
+            f"by those of {baseline.target.label} (the same app on that commit's wskit_trio, "
+            "measured interleaved in this run): above 1 is better for msg/s, deliveries/s "
+            "and connections/s, below 1 is better for µs and KiB.",
+        ]
     replay = replay_line(results)
     lines += ["", *([replay, ""] if replay else []), *targets_report(results)]
     problems = [f"{row.target.label}: {error}" for row in results.rows for error in row.errors]
@@ -756,9 +1000,25 @@ def render(results: Results) -> str:
     lines += [
         "",
         f"Packages: {results.machine.get('packages', '')}. Load: picows clients in a separate "
-        f"process; echo and RPC best of {s.repeat} round(s).",
+        f"process; echo, RPC, fan-out and burst best of {s.repeat} round(s).",
     ]
     return "\n".join(lines)
+
+
+def baseline_row(wskit: Row, baseline: Row) -> str:
+    """The current wskit_trio over the baseline commit's, measured in the same run."""
+    p50 = _ratio(wskit.rpc_p50, baseline.rpc_p50)
+    p99 = _ratio(wskit.rpc_p99, baseline.rpc_p99)
+    cells = [
+        _ratio(wskit.echo, baseline.echo),
+        "—",
+        _ratio(wskit.echo_cpu, baseline.echo_cpu),
+        f"{p50} / {p99}",
+        _ratio(wskit.fanout, baseline.fanout),
+        _ratio(wskit.memory_kib, baseline.memory_kib),
+        _ratio(wskit.connect_rate, baseline.connect_rate),
+    ]
+    return f"| ratio: {wskit.target.label} / {baseline.target.label} | {' | '.join(cells)} |"
 
 
 def _measured(value: float | None, error: str | None) -> str:
@@ -767,17 +1027,34 @@ def _measured(value: float | None, error: str | None) -> str:
     return "failed (see notes)" if error is not None else "n/a"
 
 
+def _failed(row: Row, what: str) -> str | None:
+    return next((e for e in row.errors if e.startswith(f"{what}:")), None)
+
+
 def delivery_rows(results: Results) -> list[str]:
-    """The burst and history-on fan-out rows (wskit_trio, wsproto transport)."""
+    """The history-on fan-out and the burst rows (wskit_trio, and websockets' burst)."""
     s = results.settings
     history = _measured(results.history_fanout, results.history_fanout_error)
-    burst = _measured(results.burst, results.burst_error)
-    return [
+    lines = [
         f"| wskit_trio, history on (History(size={history_size(s):,}), subscribers with "
-        f"positions) | — | — | — | — | {history} | — |",
-        f"| wskit_trio, burst: one handler publishing {s.burst_messages:,} in a loop "
-        f"(1 → {s.burst_subscribers}, all in order) | — | — | — | — | {burst} | — |",
+        f"positions) | {_only(_FANOUT_COLUMN, history)} |",
     ]
+    for row in results.rows:
+        if not row.target.burst:
+            continue
+        burst = _measured(row.burst, _failed(row, "burst fan-out"))
+        if row.target.name == "wskit":
+            label = (
+                f"wskit_trio, burst: one handler publishing {s.burst_messages:,} in a loop "
+                f"(1 → {s.burst_subscribers}, all in order)"
+            )
+        else:
+            label = (
+                f"{row.target.label.split(' (')[0]}, burst: one handler calling broadcast() "
+                f"{s.burst_messages:,} times in a loop (1 → {s.burst_subscribers}, all in order)"
+            )
+        lines.append(f"| {label} | {_only(_FANOUT_COLUMN, burst)} |")
+    return lines
 
 
 def replay_line(results: Results) -> str | None:
@@ -812,6 +1089,9 @@ def targets_report(results: Results) -> list[str]:
     def at_least(a: float | None, b: float | None, factor: float) -> bool | None:
         return None if a is None or not b else a >= factor * b
 
+    def at_most(a: float | None, b: float | None) -> bool | None:
+        return None if a is None or b is None else a <= b
+
     def outcome(value: float | None, error: str | None) -> bool | None:
         return None if value is None and error is None else error is None
 
@@ -820,8 +1100,42 @@ def targets_report(results: Results) -> list[str]:
     bun_p50 = bun.rpc_p50 if bun else None
     websockets_row = results.row("websockets")
     broadcast = websockets_row.fanout if websockets_row else None
+    broadcast_burst = websockets_row.burst if websockets_row else None
+    baseline = results.row(BASELINE)
+    s = results.settings
+    p99_bound = None if wskit.rpc_p50 is None else 2 * wskit.rpc_p50
     lines = [
-        "Targets (reported, not asserted):",
+        "Targets of wave 2 (issue #15; reported, not asserted):",
+        f"- RPC p50 at or below WS-Kit on Bun's: {_num(wskit.rpc_p50)} vs {_num(bun_p50)} µs, "
+        f"{check(at_most(wskit.rpc_p50, bun_p50))}",
+        f"- RPC p99 at most 2x p50: {_num(wskit.rpc_p99)} µs, "
+        f"{_ratio(wskit.rpc_p99, wskit.rpc_p50)} p50, {check(at_most(wskit.rpc_p99, p99_bound))}",
+        f"- memory per idle connection ≤ 8 KiB at {s.idle_connections:,}: "
+        f"{_num(wskit.memory_kib, 1)} KiB, {check(at_most(wskit.memory_kib, 8))}",
+        f"- fan-out through one Valkey (2 processes, {s.subscribers:,} subscribers) ≥ 150k/s: "
+        f"{_per_s(results.cross_instance)}, "
+        f"{check(at_least(results.cross_instance, 150_000, 1))}; history on: "
+        f"{_per_s(results.cross_instance_history)}",
+    ]
+    if baseline is not None:
+        lines.append(
+            f"- the delivery guarantees cost at most 5% against {baseline.target.label} "
+            f"(same run): echo {_ratio(wskit.echo, baseline.echo)}, "
+            f"{check(at_least(wskit.echo, baseline.echo, 0.95))}; fan-out "
+            f"{_ratio(wskit.fanout, baseline.fanout)}, "
+            f"{check(at_least(wskit.fanout, baseline.fanout, 0.95))}"
+        )
+    else:
+        lines.append("- the delivery guarantees cost at most 5%: n/a (run with --baseline-ref REF)")
+    lines += [
+        f"- burst fan-out at or above websockets' broadcast() in the same loop: "
+        f"{_per_s(wskit.burst)} vs {_per_s(broadcast_burst)}, "
+        f"{_ratio(wskit.burst, broadcast_burst)}, "
+        f"{check(at_least(wskit.burst, broadcast_burst, 1))}",
+        f"- {s.idle_connections:,} connections opened at ≥ 2,000/s: "
+        f"{_per_s(wskit.connect_rate)}, {check(at_least(wskit.connect_rate, 2000, 1))}",
+        "",
+        "Earlier targets:",
         f"- echo through router + validation ≥ 0.8x the bare wsproto loop: "
         f"{_ratio(wskit.echo, bare)}, {check(at_least(wskit.echo, bare, 0.8))}",
         f"- echo ≥ 3x the trio-websocket adapter: {_ratio(wskit.echo, adapter)}, "
@@ -835,8 +1149,8 @@ def targets_report(results: Results) -> list[str]:
         f"- fan-out with history on ≥ 0.75x the plain fan-out (same run): "
         f"{_ratio(results.history_fanout, wskit.fanout)}, "
         f"{check(at_least(results.history_fanout, wskit.fanout, 0.75))}",
-        f"- burst fan-out: every subscriber gets all {results.settings.burst_messages:,}, "
-        f"in order: {check(outcome(results.burst, results.burst_error))}",
+        f"- burst fan-out: every subscriber gets all {s.burst_messages:,}, "
+        f"in order: {check(outcome(wskit.burst, _failed(wskit, 'burst fan-out')))}",
         f"- replay: recovered, every missed message, offsets consecutive: "
         f"{check(outcome(results.replay, results.replay_error))}",
         "",
@@ -847,13 +1161,12 @@ def targets_report(results: Results) -> list[str]:
         f"{check(at_least(wskit.echo, echo_of('websockets'), 1))}",
         f"- fan-out above WS-Kit on Bun: {_ratio(wskit.fanout, bun.fanout if bun else None)}, "
         f"{check(at_least(wskit.fanout, bun.fanout if bun else None, 1))}",
-        f"- RPC p50 below WS-Kit on Bun's: {_num(wskit.rpc_p50)} vs {_num(bun_p50)} µs, "
-        f"{check(None if wskit.rpc_p50 is None or bun_p50 is None else wskit.rpc_p50 <= bun_p50)}",
     ]
     return lines
 
 
 def to_json(results: Results) -> dict[str, Any]:
+    wskit = results.row("wskit")
     return {
         "settings": results.settings.__dict__,
         "machine": results.machine,
@@ -866,20 +1179,69 @@ def to_json(results: Results) -> dict[str, Any]:
                 "rpc_p50_us": row.rpc_p50,
                 "rpc_p99_us": row.rpc_p99,
                 "fanout_per_s": row.fanout,
+                "burst_per_s": row.burst,
                 "memory_kib_per_connection": row.memory_kib,
+                "connections_opened_per_s": row.connect_rate,
                 "errors": row.errors,
             }
             for row in results.rows
         ],
         "cross_instance_fanout_per_s": results.cross_instance,
         "cross_instance_error": results.cross_instance_error,
+        "cross_instance_history_fanout_per_s": results.cross_instance_history,
+        "cross_instance_history_error": results.cross_instance_history_error,
         "history_fanout_per_s": results.history_fanout,
         "history_fanout_error": results.history_fanout_error,
         "history_vs_plain_fanout": results.history_ratio,
         "history_size": history_size(results.settings),
         "burst_fanout_per_s": results.burst,
-        "burst_error": results.burst_error,
+        "burst_error": _failed(wskit, "burst fan-out") if wskit else None,
         "replay_per_s": results.replay,
         "replay_error": results.replay_error,
         "notes": results.notes,
     }
+
+
+def from_json(data: dict[str, Any]) -> Results:
+    """:func:`to_json`'s output back into :class:`Results` (to redraw the charts of a
+    run; fields an older run did not record stay ``None``)."""
+    targets = {t.name: t for t in TARGETS}
+    rows = []
+    for entry in data["rows"]:
+        name = entry["server"]
+        target = targets.get(name) or Target(
+            name, entry["label"], app=True, fanout=entry.get("fanout_per_s") is not None
+        )
+        rows.append(
+            Row(
+                target,
+                echo=entry.get("echo_per_s"),
+                echo_cpu=entry.get("echo_server_cpu_us"),
+                rpc_p50=entry.get("rpc_p50_us"),
+                rpc_p99=entry.get("rpc_p99_us"),
+                fanout=entry.get("fanout_per_s"),
+                burst=entry.get("burst_per_s"),
+                memory_kib=entry.get("memory_kib_per_connection"),
+                connect_rate=entry.get("connections_opened_per_s"),
+                errors=list(entry.get("errors", [])),
+            )
+        )
+    results = Results(
+        Settings(**data["settings"]),
+        rows,
+        cross_instance=data.get("cross_instance_fanout_per_s"),
+        cross_instance_error=data.get("cross_instance_error"),
+        cross_instance_history=data.get("cross_instance_history_fanout_per_s"),
+        cross_instance_history_error=data.get("cross_instance_history_error"),
+        history_fanout=data.get("history_fanout_per_s"),
+        history_fanout_error=data.get("history_fanout_error"),
+        replay=data.get("replay_per_s"),
+        replay_error=data.get("replay_error"),
+        notes=list(data.get("notes", [])),
+        machine=dict(data.get("machine", {})),
+    )
+    wskit = results.row("wskit")
+    if wskit is not None and wskit.burst is None:
+        # Recorded before bursts were measured per row.
+        wskit.burst = data.get("burst_fanout_per_s")
+    return results

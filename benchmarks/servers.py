@@ -1,6 +1,7 @@
 """The servers the benchmarks measure, one per process.
 
     python -m benchmarks.servers KIND [--port N] [--valkey URL --prefix P] [--history SIZE]
+                                      [--no-delivery] [--profile FILE]
 
 prints ``READY <port>`` once it listens, then serves until killed. Kinds:
 
@@ -9,7 +10,9 @@ prints ``READY <port>`` once it listens, then serves until killed. Kinds:
   ``--valkey`` makes its pub/sub go through Valkey (cross-instance fan-out);
   ``--history SIZE`` keeps every topic's last SIZE messages (``History(size=SIZE)``,
   on the memory backend unless ``--valkey``), for ``JOIN`` with positions and
-  recovery.
+  recovery; ``--no-delivery`` leaves ``JOIN`` and ``BURST`` out of the app, for a
+  wskit_trio from before the delivery guarantees (the ``--baseline-ref`` row, run
+  from that commit's source tree with this benchmarks package).
 * ``bare-wsproto``: the baseline loop written directly on trio streams and wsproto,
   the way one usually writes it: read, parse, answer each message with its own
   ``send_all``. No router, no validation: it echoes every message as it is.
@@ -18,15 +21,24 @@ prints ``READY <port>`` once it listens, then serves until killed. Kinds:
 * ``bare-trio-websocket``: trio-websocket's server echoing every message.
 * ``websockets``: the ``websockets`` asyncio server, echoing every message on ``/``;
   on ``/fanout`` it keeps the connections that sent ``SUBSCRIBE`` and answers each
-  ``PUBLISH`` with one ``websockets.broadcast()`` of a ``NEWS`` frame to all of them.
+  ``PUBLISH`` with one ``websockets.broadcast()`` of a ``NEWS`` frame to all of them,
+  and a ``BURST`` with ``count`` of them in a loop, then ``BURST_DONE``.
+
+``--profile FILE`` runs the server with :mod:`cProfile` ready: it starts on SIGUSR1
+(after a warm-up) and its statistics go to FILE when the server is interrupted
+(SIGINT), for :mod:`benchmarks.profile`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import signal
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -43,7 +55,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from wskit_trio import History, Server, serve
+from wskit_trio import Server, serve
 from wskit_trio.valkey import ValkeyPubSub
 
 from .app import make_router
@@ -68,10 +80,21 @@ def _ready(port: int) -> None:
 
 
 async def run_wskit(
-    port: int, transport: str, valkey: str | None, prefix: str, history: int | None = None
+    port: int,
+    transport: str,
+    valkey: str | None,
+    prefix: str,
+    history: int | None = None,
+    delivery: bool = True,
 ) -> None:
     backend = ValkeyPubSub.from_url(valkey, prefix=prefix) if valkey is not None else None
-    router = make_router(backend, history=History(size=history) if history is not None else None)
+    if history is not None:
+        # Imported here: a wskit_trio from before the delivery guarantees has no History.
+        from wskit_trio import History
+
+        router = make_router(backend, history=History(size=history))
+    else:
+        router = make_router(backend, delivery=delivery)
     async with trio.open_nursery() as nursery:
         server: Server[None] = await nursery.start(
             serve(
@@ -179,26 +202,42 @@ async def run_bare_trio_websocket(port: int) -> None:
 # -- websockets (asyncio) ----------------------------------------------------------------
 
 
+def _json(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
 async def run_websockets(port: int) -> None:
-    subscribers: set[ServerConnection] = set()
+    #: Each topic's subscribers.
+    topics: dict[str, set[ServerConnection]] = {}
 
     async def handler(ws: ServerConnection) -> None:
         if ws.request is None or ws.request.path != "/fanout":
             async for message in ws:
                 await ws.send(message)
             return
+        joined: set[str] = set()
         try:
             async for message in ws:
                 frame: Any = json.loads(message)
+                payload = frame["payload"]
                 if frame["type"] == "SUBSCRIBE":
-                    subscribers.add(ws)
-                    reply = {"type": "SUBSCRIBED", "payload": frame["payload"]}
-                    await ws.send(json.dumps(reply, separators=(",", ":")))
+                    topics.setdefault(payload["topic"], set()).add(ws)
+                    joined.add(payload["topic"])
+                    await ws.send(_json({"type": "SUBSCRIBED", "payload": payload}))
                 elif frame["type"] == "PUBLISH":
-                    news = {"type": "NEWS", "payload": {"seq": frame["payload"]["seq"]}}
-                    broadcast(subscribers, json.dumps(news, separators=(",", ":")))
+                    news = {"type": "NEWS", "payload": {"seq": payload["seq"]}}
+                    broadcast(topics.get(payload["topic"], ()), _json(news))
+                elif frame["type"] == "BURST":
+                    # The same loop as the wskit_trio app's BURST handler: one
+                    # broadcast() per message (it never waits: no back-pressure).
+                    subscribers = topics.get(payload["topic"], set())
+                    for seq in range(payload["count"]):
+                        broadcast(subscribers, _json({"type": "NEWS", "payload": {"seq": seq}}))
+                    done = {**payload, "ok": payload["count"], "offset": 0}
+                    await ws.send(_json({"type": "BURST_DONE", "payload": done}))
         finally:
-            subscribers.discard(ws)
+            for topic in joined:
+                topics[topic].discard(ws)
 
     async with websockets.serve(handler, "127.0.0.1", port, compression=None) as server:
         _ready(next(iter(server.sockets)).getsockname()[1])
@@ -218,21 +257,44 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="wskit kinds: keep every topic's last SIZE messages (positions, recovery)",
     )
+    parser.add_argument(
+        "--no-delivery",
+        action="store_true",
+        help="wskit kinds: the app without JOIN and BURST (a wskit_trio before them)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="profile from SIGUSR1 on (cProfile), write the stats to FILE on SIGINT",
+    )
     args = parser.parse_args(argv)
-    if args.history is not None and not args.kind.startswith("wskit"):
-        parser.error("--history is for the wskit kinds")
-    if args.kind == "wskit":
-        trio.run(run_wskit, args.port, "wsproto", args.valkey, args.prefix, args.history)
-    elif args.kind == "wskit-trio-websocket":
-        trio.run(run_wskit, args.port, "trio-websocket", args.valkey, args.prefix, args.history)
+    if (args.history is not None or args.no_delivery) and not args.kind.startswith("wskit"):
+        parser.error("--history and --no-delivery are for the wskit kinds")
+    run: Callable[[], object]
+    if args.kind.startswith("wskit"):
+        transport = "wsproto" if args.kind == "wskit" else "trio-websocket"
+        options = (args.port, transport, args.valkey, args.prefix, args.history)
+        run = partial(trio.run, run_wskit, *options, not args.no_delivery)
     elif args.kind == "bare-wsproto":
-        trio.run(run_bare_wsproto, args.port)
+        run = partial(trio.run, run_bare_wsproto, args.port)
     elif args.kind == "bare-wsproto-batched":
-        trio.run(run_bare_wsproto, args.port, True)
+        run = partial(trio.run, run_bare_wsproto, args.port, True)
     elif args.kind == "bare-trio-websocket":
-        trio.run(run_bare_trio_websocket, args.port)
+        run = partial(trio.run, run_bare_trio_websocket, args.port)
     else:
-        asyncio.run(run_websockets(args.port))
+        run = partial(asyncio.run, run_websockets(args.port))
+    if args.profile is None:
+        run()
+        return
+    profiler = cProfile.Profile()
+    signal.signal(signal.SIGUSR1, lambda _signal, _frame: profiler.enable())
+    try:
+        run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
 
 
 if __name__ == "__main__":
