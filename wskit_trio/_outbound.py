@@ -175,9 +175,24 @@ class Outbox:
         """Queue a plain frame if that needs no wait: the fast path of a pub/sub
         delivery (:meth:`put_within` is the slow one). ``False``: nothing queued,
         nothing counted as dropped."""
-        if self._closed or (self.policy == "wait" and self._full()):
+        if self._closed:
             return False
-        return self.put_nowait(frame)
+        # ``_full`` and ``_append`` inlined: a fan-out runs this once per subscriber.
+        frames = self._frames
+        held = len(frames) + self._writing
+        size = self._bytes
+        if held >= self.capacity or size >= self.capacity_bytes:
+            return self.policy != "wait" and self.put_nowait(frame)
+        frames.append((frame, FrameKind.PLAIN, None))
+        size += len(frame)
+        self._bytes = size
+        if size > self.high_water_bytes:
+            self.high_water_bytes = size
+        if held >= self.high_water:
+            self.high_water = held + 1
+        if self._readable:  # the writer is waiting for frames
+            self._readable.unpark()
+        return True
 
     async def put_within(self, frame: str, patience: float) -> bool:
         """Queue a plain frame, waiting at most ``patience`` seconds for room (a pub/sub
