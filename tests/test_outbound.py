@@ -146,6 +146,71 @@ async def test_wait_room() -> None:
     assert not await wait.wait_room()
 
 
+async def test_a_batch_taken_in_the_writers_place_counts_until_written() -> None:
+    """``take_nowait``: the reader writes the frames itself while the writer waits.
+    They hold their room until ``written``, and nothing is taken while they do."""
+    outbox = Outbox(2, "wait")
+    assert outbox.take_nowait() is None  # nothing queued
+    outbox.put_nowait("a")
+    outbox.put_nowait("b", FrameKind.TERMINAL)
+    done: list[str] = []
+
+    async def third() -> None:
+        await outbox.put("c")
+        done.append("c")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            assert outbox.take_nowait() == ["a", "b"]
+            nursery.start_soon(third)
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == [] and len(outbox) == 2  # still held: no room
+            outbox.written()
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == ["c"]
+            outbox.put_nowait("d", FrameKind.TERMINAL)
+            assert outbox.take_nowait() == ["c", "d"]
+            assert outbox.take_nowait() is None  # one batch at a time
+            outbox.put_nowait("e", FrameKind.TERMINAL)
+            assert outbox.take_nowait() is None
+            # The writer comes back for more only once that batch is out: it counts.
+            assert await outbox.get_batch() == ["e"]
+    stats = outbox.statistics()
+    assert (stats.sent, stats.queued, stats.high_water) == (4, 1, 3)
+
+
+async def test_the_writer_is_woken_as_asked() -> None:
+    """``put_nowait(wake=False)`` leaves the writer waiting until ``notify_writer``;
+    ``wake_writer`` makes it return even with nothing queued (to finish a write
+    someone else started), without ending it."""
+    outbox = Outbox(4, "wait")
+    batches: list[list[str]] = []
+
+    async def writer() -> None:
+        while True:
+            batch = await outbox.get_batch()
+            batches.append(batch)
+            if not batch and outbox.closed:
+                return
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            await trio.testing.wait_all_tasks_blocked()
+            outbox.put_nowait("quiet", FrameKind.TERMINAL, wake=False)
+            await trio.testing.wait_all_tasks_blocked()
+            assert batches == []
+            outbox.notify_writer()
+            await trio.testing.wait_all_tasks_blocked()
+            assert batches == [["quiet"]]
+            outbox.notify_writer()  # nothing queued: nothing to do
+            outbox.wake_writer()
+            await trio.testing.wait_all_tasks_blocked()
+            assert batches == [["quiet"], []]
+            outbox.close()
+    assert batches == [["quiet"], [], []]
+
+
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Outbox(0)

@@ -7,6 +7,7 @@ section repeats the essentials over real sockets (``serve()`` on 127.0.0.1).
 
 from __future__ import annotations
 
+import contextvars
 import math
 from typing import Any
 
@@ -337,6 +338,131 @@ async def test_rpcs_run_concurrently_each_in_own_task_and_scope(
     conn_nursery, other_nursery = readers
     assert parent_a is parent_b is conn_nursery is not None
     assert other_nursery is not conn_nursery  # one nursery per connection
+
+
+class Spawns(trio.abc.Instrument):
+    """Counts the tasks started while it is installed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+async def test_an_rpc_that_never_waits_costs_no_task_and_one_that_waits_keeps_its_own(
+    router: Router[Conn], autojump_clock: trio.testing.MockClock
+) -> None:
+    """The reader runs an RPC handler until it first waits: one that replies without
+    waiting needs no task at all. One that waits keeps the task it started in (its
+    cancel scope was entered there), and a new task takes over reading."""
+    tasks: dict[str, list[trio.lowlevel.Task]] = {}
+    release = trio.Event()
+
+    @router.rpc(ECHO)
+    async def echo(ctx: EchoCtx) -> None:
+        seen = tasks.setdefault(ctx.payload.text, [])
+        seen.append(trio.lowlevel.current_task())
+        if ctx.payload.text == "wait":
+            await release.wait()
+            seen.append(trio.lowlevel.current_task())
+        await ctx.reply(Pong(ctx.payload.text))
+
+    @router.on(PING)
+    async def ping(ctx: Context[Ping, Conn]) -> None:
+        tasks.setdefault("ping", []).append(trio.lowlevel.current_task())
+        await ctx.send(PONG, Pong(ctx.payload.text))
+
+    spawns = Spawns()
+    with trio.fail_after(5):
+        async with open_test_app(router) as app:
+            client = await app.connect()
+            await barrier(client)
+            trio.lowlevel.add_instrument(spawns)
+            for i in range(10):
+                await client.request(ECHO, Ping(f"quick{i}"))
+                assert (await client.receive()).payload == {"reply": f"quick{i}"}
+            assert spawns.count == 0
+            await client.request(ECHO, Ping("wait"))
+            await barrier(client)  # handled while the RPC waits
+            assert spawns.count == 1  # the new reader
+            release.set()
+            assert (await client.receive()).payload == {"reply": "wait"}
+            await client.request(ECHO, Ping("after"))
+            assert (await client.receive()).payload == {"reply": "after"}
+            trio.lowlevel.remove_instrument(spawns)
+    reader = tasks["quick0"][0]
+    assert all(tasks[f"quick{i}"] == [reader] for i in range(10))
+    waited = tasks["wait"]
+    assert waited == [reader, reader]  # started in the reader, and stayed in its task
+    new_reader = tasks["ping"][1]
+    assert new_reader is not reader
+    assert tasks["after"] == [new_reader]
+    assert new_reader.parent_nursery is reader.parent_nursery
+
+
+async def test_a_reply_queued_before_the_handler_waits_goes_out_at_once(
+    router: Router[Conn], autojump_clock: trio.testing.MockClock
+) -> None:
+    release = trio.Event()
+    cleaned_up: list[str] = []
+
+    @router.rpc(ECHO)
+    async def echo(ctx: EchoCtx) -> None:
+        await ctx.reply(Pong("early"))
+        try:
+            await release.wait()  # e.g. cleaning up after replying
+        finally:
+            cleaned_up.append(ctx.payload.text)
+
+    probe = Probe()
+    router.plugin(probe)
+    with trio.fail_after(5):
+        async with open_test_app(router) as app:
+            client = await app.connect()
+            await client.request(ECHO, Ping("x"), correlation_id="c-1")
+            frame = await client.receive()
+            assert (frame.correlation_id, frame.payload) == ("c-1", {"reply": "early"})
+            assert probe.statistics().rpcs_in_flight == 1  # still running
+            release.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert probe.statistics().rpcs_in_flight == 0
+    assert cleaned_up == ["x"]
+
+
+async def test_context_variables_an_rpc_sets_stay_with_it(
+    router: Router[Conn], autojump_clock: trio.testing.MockClock
+) -> None:
+    """As in a task of its own: what an RPC handler sets is not seen by the handlers
+    of the messages after it, whether it waited or not."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    @router.rpc(ECHO)
+    async def echo(ctx: EchoCtx) -> None:
+        var.set(ctx.payload.text)
+        if ctx.payload.text == "wait":
+            await trio.sleep(1)
+        seen.append(var.get())
+        await ctx.reply(Pong(var.get()))
+
+    @router.on(PING)
+    async def ping(ctx: Context[Ping, Conn]) -> None:
+        seen.append(var.get())
+        await ctx.send(PONG, Pong(var.get()))
+
+    with trio.fail_after(5):
+        async with open_test_app(router) as app:
+            client = await app.connect()
+            for text in ("quick", "wait"):
+                await client.request(ECHO, Ping(text))
+                await client.send(PING, Ping("next"))
+                frames: dict[str, Any] = {}
+                for _ in range(2):
+                    frame = await client.receive()
+                    frames[frame.type] = frame.payload
+                assert frames == {"ECHOED": {"reply": text}, "PONG": {"reply": "unset"}}
+    assert seen == ["quick", "unset", "unset", "wait"]
 
 
 async def test_event_handlers_keep_arrival_order_while_rpcs_run(

@@ -8,6 +8,7 @@ exactly what goes on the wire.
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
@@ -22,7 +23,7 @@ import trio.testing
 import wsproto
 import wsproto.connection
 import wsproto.events as ev
-from conftest import PING, PONG, Ping, Pong
+from conftest import ECHO, PING, PONG, Ping, Pong
 
 from wskit_trio import (
     ConnectionContext,
@@ -30,6 +31,7 @@ from wskit_trio import (
     Heartbeat,
     Limits,
     Router,
+    RpcContext,
     Server,
     UpgradeRejected,
     UpgradeRequest,
@@ -447,6 +449,121 @@ async def test_answers_before_a_message_over_the_limit_go_out_before_the_1009() 
             assert await client.closed() == (1009, "Message too big")
             assert client.pongs == [b"still framed"]
     assert errors == ["RESOURCE_EXHAUSTED Message too big"]
+
+
+# -- writing at once ---------------------------------------------------------------------
+
+
+async def test_send_nowait_writes_at_once_and_what_the_socket_refuses_goes_first_next() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(TIMEOUT):
+        peer = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = await listeners[0].accept()
+        await listeners[0].aclose()
+        assert isinstance(stream, trio.SocketStream)
+        transport = WsprotoTransport(stream, UpgradeRequest(), 1 << 20)
+        client = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT)
+        texts: list[str] = []
+        part = ""
+
+        async def read(count: int) -> None:
+            nonlocal part
+            while len(texts) < count:
+                data = await peer.receive_some()
+                assert data, "the server closed the stream"
+                client.receive_data(bytes(data))
+                for event in client.events():
+                    assert isinstance(event, ev.TextMessage)
+                    part += event.data
+                    if event.message_finished:
+                        texts.append(part)
+                        part = ""
+
+        assert transport.can_send_nowait()
+        assert transport.send_nowait(["hello"])  # all of it, with no schedule point
+        await read(1)
+        # 4 MB: more than the socket buffers hold while the peer reads nothing.
+        big = [f"{i:03d}" + "x" * 40_000 for i in range(100)]
+        assert not transport.send_nowait(big)  # the socket took a part
+        assert not transport.can_send_nowait()  # until the rest is out
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, 103)
+            await transport.send(["after"])
+            await transport.send(["last"])
+        assert transport.can_send_nowait()
+        await peer.aclose()
+        await transport.close()
+    assert texts == ["hello", *big, "after", "last"]
+
+
+async def test_send_nowait_needs_a_plain_socket() -> None:
+    """A TLS stream (or any stream but a plain socket) is written by the writer only."""
+    server_stream, _ = trio.testing.memory_stream_pair()
+    transport = WsprotoTransport(server_stream, UpgradeRequest(), 100)
+    assert not transport.can_send_nowait()
+
+
+async def test_an_answer_the_socket_takes_in_part_goes_out_whole_and_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader writes a reply itself when it can; what the socket does not take at
+    once is left to the writer, and goes out before the answers that follow."""
+    results: list[bool] = []
+    send_nowait = WsprotoTransport.send_nowait
+
+    def recording(self: WsprotoTransport, messages: list[str]) -> bool:
+        whole = send_nowait(self, messages)
+        results.append(whole)
+        return whole
+
+    monkeypatch.setattr(WsprotoTransport, "send_nowait", recording)
+    router = echo_router()
+    size = 4 << 20  # more than the socket buffers hold while the client reads nothing
+
+    @router.rpc(ECHO)
+    async def echo(ctx: RpcContext[Ping, Pong, Any]) -> None:
+        await ctx.reply(Pong(ctx.payload.text * size))
+
+    with trio.fail_after(TIMEOUT):
+        async with running(router) as server:
+            client, _ = await Client.connect(server)
+            request = '{"type": "ECHO", "meta": {"correlationId": "%s"}, "payload": {"text": "%s"}}'
+            await client.send(ev.TextMessage(request % ("small", "")))
+            assert '"correlationId":"small"' in await client.text()
+            assert results == [True]  # a small answer: written by the reader, whole
+            await client.send(ev.TextMessage(request % ("big", "y")))
+            await client.send(ev.TextMessage(PING_FRAME % "after"))
+            reply = await client.text()
+            while not reply.endswith("}"):  # (wsproto hands a big message over in parts)
+                reply += await client.text()
+            assert json.loads(reply)["payload"] == {"reply": "y" * size}
+            assert '"reply":"after"' in await client.text()
+    assert False in results
+
+
+async def test_a_burst_of_requests_and_events_is_answered_in_order_through_a_tiny_queue() -> None:
+    """The reader writes its RPCs' replies itself at the end of a burst, but inside
+    it the writer is woken after each message all the same: a handler waiting for
+    room in the queue never waits for a writer nobody woke."""
+    router = echo_router()
+
+    @router.rpc(ECHO)
+    async def echo(ctx: RpcContext[Ping, Pong, Any]) -> None:
+        await ctx.reply(Pong(ctx.payload.text))
+
+    request = '{"type": "ECHO", "meta": {"correlationId": "%s"}, "payload": {"text": "%s"}}'
+    with trio.fail_after(TIMEOUT):
+        async with running(router, limits=Limits(outbound_queue=1, close_timeout=0.2)) as server:
+            client, _ = await Client.connect(server)
+            burst = b"".join(
+                client.ws.send(ev.TextMessage(request % (f"c{i}", f"r{i}")))
+                + client.ws.send(ev.TextMessage(PING_FRAME % f"p{i}"))
+                for i in range(20)
+            )
+            await client.send_raw(burst)  # one write: the server reads it at once
+            replies = [json.loads(await client.text())["payload"]["reply"] for _ in range(40)]
+    assert replies == [text for i in range(20) for text in (f"r{i}", f"p{i}")]
 
 
 async def test_binary_frames_holding_json_are_messages_too() -> None:

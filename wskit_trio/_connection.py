@@ -4,15 +4,20 @@ The connection is the driver of its :class:`~wskit_trio._protocol.session.Server
 the reader hands each message to the session and carries out the action it gets
 back. Event handlers run inline in the reader, so they keep arrival order and a
 slow handler slows only its own client (TCP back-pressure). Each RPC runs in its
-own task and cancel scope, children of the connection's nursery. Every frame goes
-out through the bounded :class:`Outbox` and one writer task. When the connection
-ends, the nursery is cancelled, so nothing of it outlives it; ``on_close`` hooks
-run last.
+own cancel scope, in a task of the connection's nursery: the reader runs it
+until it first blocks (most reply and return before, and need no task of their
+own), and when it blocks, the reader's task stays with it and a new task takes
+over reading. Every frame goes out through the bounded :class:`Outbox` and one
+writer task; when the reader is done with what it has received and the writer
+is waiting, the reader writes the answers itself, if the socket takes them at
+once (``_flush_nowait``). When the connection ends, the nursery is cancelled,
+so nothing of it outlives it; ``on_close`` hooks run last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -25,6 +30,7 @@ from ._context import ConnectionContext, Context, RpcContext
 from ._errors import CloseError, ConnectionClosed, MessageTooBig, WsKitError
 from ._groups import only_cancelled
 from ._handle import ConnectionStatistics, Subscriptions
+from ._inline import run_until_blocked
 from ._outbound import FrameKind, Outbox
 from ._protocol import frames
 from ._protocol.codes import ErrorCode
@@ -83,9 +89,12 @@ class Connection(Generic[D]):
         self.context: ConnectionContext[D] = ConnectionContext(self)
         #: The contexts (cancel scopes) of the RPCs the session has in flight.
         self._rpcs: dict[str, RpcContext[Any, Any, D]] = {}
-        self._rpcs_idle = trio.Event()
-        self._rpcs_idle.set()
+        #: Set once no RPC is in flight, for a ``shutdown`` waiting for that (made
+        #: only then: most RPCs start and end with nobody waiting).
+        self._rpcs_idle: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
+        #: The task reading and dispatching messages (``None`` while a new one starts).
+        self._reader: trio.lowlevel.Task | None = None
         #: Set once ``run`` has returned (every task ended, ``on_close`` ran).
         self._finished = trio.Event()
         self._close_code = 1000
@@ -100,6 +109,12 @@ class Connection(Generic[D]):
         return self.transport.request
 
     async def send(self, frame: str, kind: FrameKind) -> bool:
+        if kind is FrameKind.TERMINAL and self._reader is trio.lowlevel.current_task():
+            # The reply of an RPC the reader runs itself (``_start_rpc``): no schedule
+            # point, the reader yields when it next reads (as in a burst); nor is the
+            # writer woken: the reader writes the reply itself, or wakes it, once done
+            # with the message (``_flush_nowait``) or when the RPC blocks (``_hand_over``).
+            return self._outbox.put_nowait(frame, kind, wake=False)
         return await self._outbox.put(frame, kind)
 
     def offer(self, frame: str) -> bool:
@@ -208,8 +223,12 @@ class Connection(Generic[D]):
         are out, or after ``limits.close_timeout`` if the client does not read them.
         """
         self.session.start_draining()
-        with trio.move_on_after(grace):
-            await self._rpcs_idle.wait()
+        if self._rpcs:
+            if self._rpcs_idle is None:
+                self._rpcs_idle = trio.Event()
+            idle = self._rpcs_idle
+            with trio.move_on_after(grace):
+                await idle.wait()
         self._cancel_rpcs()
         self.close_soon(1001, "server shutting down")
         if self._nursery is None:
@@ -252,10 +271,15 @@ class Connection(Generic[D]):
 
     async def _write_loop(self) -> None:
         assert self._nursery is not None
+        outbox = self._outbox
         try:
-            while batch := await self._outbox.get_batch(self.transport.settle):
+            while True:
+                batch = await outbox.get_batch(self.transport.settle)
+                if not batch and outbox.closed:
+                    break
+                # (Empty when woken to finish what the reader started: ``_flush_nowait``.)
                 await self.transport.send(batch)
-                if self.router.observer is not None:
+                if batch and self.router.observer is not None:
                     self.router.observer.frames_out(batch)
         except ConnectionClosed as exc:
             self.closed = (exc.code, exc.reason)
@@ -276,12 +300,20 @@ class Connection(Generic[D]):
         # while it does, the frames their handlers queue skip the schedule point each
         # (``Outbox.burst_task``); the reader yields when it next reads the socket.
         pending = self.transport.pending
-        me = trio.lowlevel.current_task()
+        me = self._reader = trio.lowlevel.current_task()
         try:
             while True:
                 data = await self.transport.receive()
                 self._outbox.burst_task = me if pending() else None
                 await self.dispatch(data)
+                if self._reader is not me:
+                    # An RPC run here blocked, and this task stayed with it while a
+                    # new one took over reading (``_hand_over``): it is done now.
+                    return
+                if not pending():
+                    self._flush_nowait()
+                else:
+                    self._outbox.notify_writer()
         except MessageTooBig:
             await self._message_too_big()
             return
@@ -294,6 +326,25 @@ class Connection(Generic[D]):
                     WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Message too big"), self.context
                 )
         self._nursery.cancel_scope.cancel()
+
+    def _flush_nowait(self) -> None:
+        """The reader is done with what it received: if the writer is waiting, write
+        the answers queued meanwhile from here, at once, rather than wake the writer
+        and wait a trip through the scheduler for it to write them. If the socket
+        takes only part, the writer is woken to write the rest (they still count
+        against the queue's bounds until then)."""
+        outbox = self._outbox
+        batch = outbox.take_nowait() if self.transport.can_send_nowait() else None
+        if batch is None:
+            outbox.notify_writer()
+            return
+        whole = self.transport.send_nowait(batch)
+        if self.router.observer is not None:
+            self.router.observer.frames_out(batch)
+        if whole:
+            outbox.written()
+        else:
+            outbox.wake_writer()  # its (empty) send writes the rest
 
     async def _message_too_big(self) -> None:
         """A message over ``max_message_bytes`` (docs/protocol.md §4, §8): close with 1009,
@@ -345,7 +396,10 @@ class Connection(Generic[D]):
     # -- dispatch -----------------------------------------------------------------
 
     async def dispatch(self, data: str | bytes) -> None:
-        """Handle one inbound message: carry out what the session decides for it."""
+        """Handle one inbound message: carry out what the session decides for it.
+
+        Called by the reader only: an RPC that blocks keeps the caller's task
+        (``_start_rpc``), and a new reader is started in its place."""
         action = self.session.receive(data, trio.current_time())
         observer = self.router.observer
         if observer is not None:
@@ -380,16 +434,34 @@ class Connection(Generic[D]):
             return
         assert start.route.response is not None
         ctx: RpcContext[Any, Any, D] = RpcContext(
-            self, start.type, start.payload, start.meta, start.correlation_id, start.route.response
+            self,
+            start.type,
+            start.payload,
+            start.meta,
+            start.correlation_id,
+            start.route.response,
+            start.deadline,
         )
-        ctx.cancel_scope.deadline = start.deadline
         self._rpcs[start.correlation_id] = ctx
-        if self._rpcs_idle.is_set():
-            self._rpcs_idle = trio.Event()
+        # Run here, in the reader, until the handler first yields to the scheduler:
+        # what it does up to its first blocking wait (a publish, say) happens before
+        # the next frame is dispatched (delivery.md §10.1), and a handler that replies
+        # without waiting costs no task and no trip through the scheduler. If it
+        # yields, this task stays with it and a new one reads on (``_hand_over``).
+        await run_until_blocked(
+            self._run_rpc(start.route, ctx), contextvars.copy_context(), self._hand_over
+        )
+
+    def _hand_over(self) -> None:
+        """The RPC handler the reader runs is about to block: the RPC keeps this task
+        (its cancel scope was entered here, and whatever it waits on has recorded
+        this task), and a new task of the connection's nursery takes over reading."""
         assert self._nursery is not None
-        # Started, not just scheduled: the handler runs up to its first blocking wait
-        # (a publish, say) before the next frame is dispatched (delivery.md §10.1).
-        await self._nursery.start(self._run_rpc, start.route, ctx)
+        assert self._reader is trio.lowlevel.current_task(), "only the reader dispatches"
+        self._reader = None
+        self._outbox.burst_task = None
+        self._outbox.notify_writer()  # for a reply it may have queued (see ``send``)
+        self._nursery.start_soon(self._read_loop)
 
     async def _refuse(self, refusal: Refuse) -> None:
         code, message, details, cid = (
@@ -418,13 +490,7 @@ class Connection(Generic[D]):
             log.exception("handler for %s failed", ctx.type)
             await self._fail(ctx, _internal(exc))
 
-    async def _run_rpc(
-        self,
-        route: Route,
-        ctx: RpcContext[Any, Any, D],
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
+    async def _run_rpc(self, route: Route, ctx: RpcContext[Any, Any, D]) -> None:
         start = trio.current_time()
         try:
             with ctx.cancel_scope:
@@ -444,10 +510,11 @@ class Connection(Generic[D]):
             if ctx.cancel_scope.cancelled_caught and not ctx.done:
                 await self._fail(ctx, WsKitError(ErrorCode.DEADLINE_EXCEEDED))
         finally:
-            del self._rpcs[ctx.correlation_id or ""]
-            self.session.rpc_finished(ctx.correlation_id or "")
-            if not self._rpcs:
+            del self._rpcs[ctx._correlation]
+            self.session.rpc_finished(ctx._correlation)
+            if not self._rpcs and self._rpcs_idle is not None:
                 self._rpcs_idle.set()
+                self._rpcs_idle = None
             if self.router.observer is not None:
                 outcome = ctx._outcome or ("aborted" if ctx.aborted else "cancelled")
                 self.router.observer.rpc_finished(ctx.type, outcome, trio.current_time() - start)

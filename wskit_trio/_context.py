@@ -11,6 +11,7 @@ outbound queue.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -336,14 +337,15 @@ class RpcContext(Context[Req, D], Generic[Req, Res, D]):
         meta: dict[str, Any],
         correlation_id: str,
         response: MessageSchema[Res],
+        deadline: float = math.inf,
     ) -> None:
         super().__init__(conn, type, payload, meta)
         self._correlation = correlation_id
         self._response = response
-        self._last_progress = -float("inf")
+        self._last_progress = -math.inf
         #: The handler's cancel scope: deadline from ``meta.timeoutMs`` (capped by the
         #: server maximum), cancelled by ``$ws:abort`` or the connection closing.
-        self.cancel_scope = trio.CancelScope()
+        self.cancel_scope = trio.CancelScope(deadline=deadline)
         #: True once the terminal frame went out (or the client gave up).
         self.done = False
         #: True when the client sent ``$ws:abort`` for this request.

@@ -94,6 +94,8 @@ class Outbox:
         #: Called once when ``overflowed`` is first set (the connection starts its
         #: slow-consumer handling then, rather than keep a task waiting for it).
         self.on_overflow: Callable[[], None] | None = None
+        #: Set by :meth:`wake_writer`: ``get_batch`` returns, even with nothing queued.
+        self._wake = False
 
     @property
     def closed(self) -> bool:
@@ -120,10 +122,15 @@ class Outbox:
             len(self._frames) + self._writing >= self.capacity or self._bytes >= self.capacity_bytes
         )
 
-    def put_nowait(self, frame: str, kind: FrameKind = FrameKind.PLAIN) -> bool:
+    def put_nowait(
+        self, frame: str, kind: FrameKind = FrameKind.PLAIN, *, wake: bool = True
+    ) -> bool:
         """Queue without waiting. Returns ``False`` if the frame was not queued.
 
         Under ``"wait"`` a full queue refuses the frame (counted as dropped).
+        ``wake=False`` leaves the writer waiting: the caller writes the frame itself
+        (:meth:`take_nowait`) or wakes the writer (:meth:`notify_writer`), and does
+        so before anything can wait for the writer.
         """
         if self._closed:
             return False
@@ -135,9 +142,11 @@ class Outbox:
             if self.policy == "wait" or not self._evict_until_room():
                 self.dropped += 1
                 return False
-        return self._append(frame, kind)
+        return self._append(frame, kind, None, wake)
 
-    def _append(self, frame: str, kind: FrameKind, group: str | None = None) -> bool:
+    def _append(
+        self, frame: str, kind: FrameKind, group: str | None = None, wake: bool = True
+    ) -> bool:
         frames = self._frames
         frames.append((frame, kind, group))
         self._bytes += len(frame)
@@ -146,9 +155,14 @@ class Outbox:
         held = len(frames) + self._writing
         if held > self.high_water:
             self.high_water = held
-        if self._readable:  # the writer is waiting for frames
+        if wake and self._readable:  # the writer is waiting for frames
             self._readable.unpark()
         return True
+
+    def notify_writer(self) -> None:
+        """Wake the writer if frames are queued (see ``put_nowait(wake=False)``)."""
+        if self._frames and self._readable:
+            self._readable.unpark()
 
     async def put(self, frame: str, kind: FrameKind = FrameKind.PLAIN) -> bool:
         """Queue a frame, applying the policy when full. Returns ``False`` if dropped
@@ -276,27 +290,54 @@ class Outbox:
         """Wait for at least one frame, then take every queued frame, in order.
 
         The writer calls this again only once the transport has taken the previous
-        batch; until then that batch still counts against ``capacity``. Returns
-        ``[]`` once the outbox is closed and drained. ``settle``, when given, is
-        awaited between the first frame arriving and taking the batch: the transport
-        may let the frames its reader is about to produce join the same write.
+        batch (its own, or one :meth:`take_nowait` gave someone else); until then
+        that batch still counts against ``capacity``. Returns ``[]`` once the outbox
+        is closed and drained, or when :meth:`wake_writer` asks the writer to finish a
+        write. ``settle``, when given, is awaited between the first frame arriving and
+        taking the batch: the transport may let the frames its reader is about to
+        produce join the same write.
         """
         if self._writing:
-            self.sent += self._writing
-            self._bytes -= self._writing_bytes
-            self._writing = self._writing_bytes = 0
-            self._writable.unpark_all()
+            self.written()
         while not self._frames:
-            if self._closed:
+            if self._closed or self._wake:
+                self._wake = False
                 return []
             await self._readable.park()
             if settle is not None and self._frames:
                 await settle()
+        return self._take()
+
+    def _take(self) -> list[str]:
         batch = [entry[0] for entry in self._frames]
         self._frames.clear()
         self._writing = len(batch)
         self._writing_bytes = self._bytes
         return batch
+
+    def take_nowait(self) -> list[str] | None:
+        """Every queued frame, for a write the caller makes at once in the writer's
+        place; ``None`` unless frames are queued and the writer holds none (it is
+        waiting for frames, so the order holds). Like the writer's batch, they count
+        until :meth:`written` says they are out, or until the writer, woken by
+        :meth:`wake_writer` to finish the write, comes back for more."""
+        if self._writing or not self._frames:
+            return None
+        return self._take()
+
+    def written(self) -> None:
+        """The batch taken last is out: its frames count as sent, and free their room."""
+        self.sent += self._writing
+        self._bytes -= self._writing_bytes
+        self._writing = self._writing_bytes = 0
+        if self._writable:
+            self._writable.unpark_all()
+
+    def wake_writer(self) -> None:
+        """Make the writer's ``get_batch`` return (``[]`` if nothing is queued), so that
+        it finishes a write someone else started (see :meth:`take_nowait`)."""
+        self._wake = True
+        self._readable.unpark_all()
 
     def close(self, *, discard: bool = False) -> None:
         """No more frames are accepted; the writer drains what is queued and stops.

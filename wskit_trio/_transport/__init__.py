@@ -14,7 +14,9 @@ is the test harness's. A transport also offers ``pending()`` (messages received
 and not yet taken) and ``settle()`` (awaited by the connection's writer before it
 takes a batch); adapters that read one message at a time answer 0 and return at
 once. With them a burst of messages read at once is handled without a schedule
-point per answer and answered with one write.
+point per answer and answered with one write. ``send_nowait()`` lets the reader
+write the answers itself, at once, when the socket takes them (``_wsproto``; the
+others decline, and their writer sends as usual).
 """
 
 from __future__ import annotations
@@ -172,6 +174,18 @@ class Transport(Protocol):
         (a transport that reads one message at a time says 0). While it is not 0 the
         reader is in a burst, and the frames its handlers queue skip their schedule
         point so the answers go out together."""
+        ...
+
+    def can_send_nowait(self) -> bool:
+        """Whether ``send_nowait`` may be called now: no write is in progress, nor
+        waiting to be finished (a transport may always say no)."""
+        ...
+
+    def send_nowait(self, messages: Sequence[str]) -> bool:
+        """Write text frames now, from the calling task, without waiting (only when
+        ``can_send_nowait()``). ``True``: they are out. ``False``: the part the socket
+        did not take at once goes out first with the next ``send``, which the caller
+        must make happen (an empty one will do)."""
         ...
 
 

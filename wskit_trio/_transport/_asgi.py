@@ -179,6 +179,12 @@ class AsgiTransport:
     def pending(self) -> int:
         return 0  # ASGI hands over one message at a time
 
+    def can_send_nowait(self) -> bool:
+        return False  # the writer sends everything
+
+    def send_nowait(self, messages: Sequence[str]) -> bool:
+        raise NotImplementedError  # never called: see can_send_nowait
+
     def _end(self, ended: ConnectionClosed) -> None:
         if self._ended is None:
             self._ended = ended

@@ -103,6 +103,12 @@ class MemoryTransport:
     def pending(self) -> int:
         return 0  # one message at a time
 
+    def can_send_nowait(self) -> bool:
+        return False  # the writer sends everything
+
+    def send_nowait(self, messages: Sequence[str]) -> bool:
+        raise NotImplementedError  # never called: see can_send_nowait
+
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()
         if self.peer is None or not self.peer.responsive:

@@ -95,6 +95,12 @@ class TrioWebsocketTransport:
     def pending(self) -> int:
         return 0  # trio-websocket hands over one message at a time
 
+    def can_send_nowait(self) -> bool:
+        return False  # the writer sends everything
+
+    def send_nowait(self, messages: Sequence[str]) -> bool:
+        raise NotImplementedError  # never called: see can_send_nowait
+
     async def ping(self) -> None:
         try:
             await self._ws.ping()

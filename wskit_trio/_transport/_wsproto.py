@@ -7,14 +7,18 @@ connection's reader) reads the socket, parses every frame in what arrived,
 answers pings and returns the messages one by one; the next read happens only
 once they are all taken, so a client that sends faster than its handlers run
 is slowed down by TCP. :meth:`~WsprotoTransport.send` writes a whole batch of
-frames with one ``send_all``. One task reads at a time and one writes at a
-time; a task that needs to read while another one is (``close`` waiting for
-the peer's close frame, say) waits for that read and looks at what it brought.
+frames with one ``send_all``; :meth:`~WsprotoTransport.send_nowait` writes one at
+once, without a trip through the scheduler, when the socket takes it (the
+connection's reader does, for the answers to what it has just handled). One task
+reads at a time and one writes at a time; a task that needs to read while another
+one is (``close`` waiting for the peer's close frame, say) waits for that read and
+looks at what it brought.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
@@ -45,6 +49,7 @@ _STREAM_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 #: How long the writer waits, at most, for the reader to work through what it has
 #: already received (see :meth:`WsprotoTransport.settle`).
 _SETTLE_TIMEOUT: Final = 0.001
+_POSIX: Final = os.name == "posix"
 
 
 class WsprotoTransport:
@@ -74,6 +79,11 @@ class WsprotoTransport:
         self._stream_closed = False
         #: A write was cut short (cancelled or failed): the stream carries nothing more.
         self._broken = False
+        #: The socket ``send_nowait`` writes to directly (a plain socket stream, not
+        #: TLS; on POSIX, where a socket is a file descriptor), and the part of a batch
+        #: it did not take, which goes first with the next write.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) and _POSIX else None
+        self._unsent = b""
         # Parking lots are made when first needed: most connections are idle.
         self._reading = False
         self._read_waiters: ParkingLot | None = None
@@ -215,7 +225,36 @@ class WsprotoTransport:
         if self._close_sent or self._broken or self._stream_closed:
             closed = self._ended or self._failure or ConnectionClosed(1006, "")
             raise ConnectionClosed(closed.code, closed.reason)
-        await self._write(encode_texts(messages))
+        await self._write(encode_texts(messages) if messages else b"")
+
+    def can_send_nowait(self) -> bool:
+        """Whether ``send_nowait`` may write now: a plain TCP stream (not TLS), open,
+        with no write in progress or left to finish."""
+        return not (
+            self._socket is None
+            or self._writing
+            or self._unsent
+            or self._close_sent
+            or self._broken
+            or self._stream_closed
+        )
+
+    def send_nowait(self, messages: Sequence[str]) -> bool:
+        """Write ``messages`` now, from the calling task (only when ``can_send_nowait()``):
+        ``True`` if the socket took them all, else the rest goes first with the next
+        write, which the caller must see to (an empty ``send`` does)."""
+        assert self._socket is not None and not self._writing and not self._unsent
+        data = encode_texts(messages)
+        try:
+            # The socket is non-blocking (trio's): this never waits. A failure (the
+            # socket closed or reset) is left to the next write, which reports it.
+            sent = os.write(self._socket.fileno(), data)
+        except OSError:
+            sent = 0
+        if sent < len(data):
+            self._unsent = data[sent:]
+            return False
+        return True
 
     async def settle(self) -> None:
         """Called by the connection's writer before it takes a batch. While the reader
@@ -244,6 +283,8 @@ class WsprotoTransport:
             raise ConnectionClosed(1006, "")
         self._writing = True
         done = False
+        if self._unsent:
+            data, self._unsent = self._unsent + data, b""
         try:
             await self._stream.send_all(data)
             done = True
