@@ -41,11 +41,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cluster import ScaleOut
 
 __all__ = ["FULL", "QUICK", "SMOKE", "Results", "Settings", "from_json", "run_suite", "to_json"]
 
@@ -195,6 +198,8 @@ class Results:
     #: wskit only: messages/s replayed to one reconnecting client.
     replay: float | None = None
     replay_error: str | None = None
+    #: One Valkey vs a 3-shard Valkey Cluster (:mod:`benchmarks.cluster`).
+    scale_out: list[ScaleOut] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
 
@@ -802,6 +807,10 @@ def _run_suite(
                 f"2 processes through Valkey, history on · fan-out 1→{s.subscribers:,} (JOIN)",
                 partial(cross_instance, settings=s, results=results, history=True),
             ),
+            Step(
+                "scaling out: one Valkey node vs a 3-shard Valkey Cluster, 3 server processes",
+                partial(_scale_out, settings=s, results=results),
+            ),
         ]
     progress = Progress(log, len(rounds) + len(fresh))
 
@@ -846,6 +855,14 @@ def measure_fresh_memory(load: Load, row: Row, bun: str | None, s: Settings, cou
         measure_memory(load, row, process, s, count)
     finally:
         process.stop()
+
+
+def _scale_out(load: Load, settings: Settings, results: Results) -> None:
+    """One Valkey node against a 3-shard Valkey Cluster (:mod:`benchmarks.cluster`,
+    which drives its own load)."""
+    from .cluster import scale_out
+
+    results.scale_out = scale_out(settings)
 
 
 def cross_instance(load: Load, settings: Settings, results: Results, *, history: bool) -> None:
@@ -993,7 +1010,12 @@ def render(results: Results) -> str:
             "and connections/s, below 1 is better for µs and KiB.",
         ]
     replay = replay_line(results)
-    lines += ["", *([replay, ""] if replay else []), *targets_report(results)]
+    lines += ["", *([replay, ""] if replay else [])]
+    if results.scale_out:
+        from .cluster import render_scale_out
+
+        lines += [*render_scale_out(results.scale_out, s), ""]
+    lines += targets_report(results)
     problems = [f"{row.target.label}: {error}" for row in results.rows for error in row.errors]
     if results.notes or problems:
         lines += ["", "Notes:", *(f"- {note}" for note in [*results.notes, *problems])]
@@ -1198,6 +1220,7 @@ def to_json(results: Results) -> dict[str, Any]:
         "burst_error": _failed(wskit, "burst fan-out") if wskit else None,
         "replay_per_s": results.replay,
         "replay_error": results.replay_error,
+        "scale_out": [asdict(row) for row in results.scale_out],
         "notes": results.notes,
     }
 

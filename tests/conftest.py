@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import _net
 import attrs
 import pytest
+from valkey_cluster import fresh_valkey_cluster, valkey_cluster  # noqa: F401 (fixtures)
 from valkey_server import ValkeyServerProcess
 
 from wskit_trio import Router, message, rpc

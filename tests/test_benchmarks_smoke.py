@@ -43,6 +43,14 @@ def test_every_server_and_scenario_runs(tmp_path: Path) -> None:
     total = len(steps)
     assert steps[0].startswith(f"[1/{total}] ") and steps[-1].startswith(f"[{total}/{total}] ")
 
+    assert [row.setup for row in results.scale_out] == [
+        "one Valkey node",
+        "3-shard Valkey Cluster",
+    ]
+    for scale in results.scale_out:
+        assert scale.error is None, scale.error
+        assert scale.deliveries_per_s and scale.publishes_per_s
+
     table = render(results)
     assert "| wskit_trio, wsproto transport |" in table
     assert "websockets, asyncio, burst: one handler calling broadcast()" in table

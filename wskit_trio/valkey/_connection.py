@@ -7,7 +7,8 @@ Two kinds of connection speak RESP2 over one TCP stream each:
   callers in that same order. A caller cancelled while waiting leaves its slot
   behind, so its reply is read and discarded, never handed to someone else.
 * :class:`ValkeySubscriber` is a connection in subscriber mode: ``SUBSCRIBE`` and
-  ``UNSUBSCRIBE`` return once Valkey confirmed them, and :meth:`ValkeySubscriber.listen`
+  ``UNSUBSCRIBE`` (and the sharded ``SSUBSCRIBE`` / ``SUNSUBSCRIBE`` a cluster shard
+  takes) return once Valkey confirmed them, and :meth:`ValkeySubscriber.listen`
   (run in a task of the owner's nursery) reads pushed messages and confirmations.
 
 Every socket, timeout and protocol failure becomes :class:`ValkeyUnavailable` in
@@ -35,7 +36,15 @@ Arg = str | bytes | int | float
 
 DEFAULT_PORT: Final = 6379
 #: Error replies that mean "this server cannot take it right now", not "never".
-TRANSIENT_ERRORS: Final = frozenset({"LOADING", "BUSY", "TRYAGAIN", "MISCONF", "READONLY", "OOM"})
+#: The cluster's own (``CLUSTERDOWN`` while a failover runs, ``MOVED`` / ``ASK`` while
+#: slots move, ``MASTERDOWN`` on a replica cut off) are among them: a cluster client
+#: retries those itself and raises them only once its time is up.
+TRANSIENT_ERRORS: Final = frozenset(
+    {
+        "LOADING", "BUSY", "TRYAGAIN", "MISCONF", "READONLY", "OOM",
+        "CLUSTERDOWN", "MOVED", "ASK", "MASTERDOWN",
+    }
+)  # fmt: skip
 _RECEIVE_SIZE: Final = 65536
 #: What the reader returns while a reply is incomplete (``False`` is a valid reply).
 _NOT_ENOUGH: Final = object()
@@ -314,19 +323,41 @@ class ValkeyConnection(_RespStream):
                     waiting.wakeup.set()
 
 
+class _Request:
+    """One (S)(UN)SUBSCRIBE awaiting its confirmations: one per channel, or one error
+    reply for the whole command."""
+
+    __slots__ = ("done", "error", "remaining")
+
+    def __init__(self, count: int) -> None:
+        self.remaining = count
+        self.error: ValkeyError | None = None
+        self.done = trio.Event()
+
+
+#: Confirmation kinds, and the pushes that carry a message (``smessage``: sharded).
+_CONFIRMS: Final = frozenset({b"subscribe", b"unsubscribe", b"ssubscribe", b"sunsubscribe"})
+_UNSUBSCRIBES: Final = frozenset({b"unsubscribe", b"sunsubscribe"})
+_MESSAGES: Final = frozenset({b"message", b"smessage"})
+
+
 class ValkeySubscriber(_RespStream):
     """A connection in subscriber mode.
 
     Run :meth:`listen` in a task; while it runs, :meth:`subscribe` and
-    :meth:`unsubscribe` return once Valkey confirmed them. ``listen`` hands every
-    message to its callback and raises :class:`ValkeyUnavailable` when the
-    connection is lost.
+    :meth:`unsubscribe` (and their sharded twins :meth:`ssubscribe` and
+    :meth:`sunsubscribe`, for a cluster shard) return once Valkey confirmed them.
+    ``listen`` hands every message to its callback and raises
+    :class:`ValkeyUnavailable` when the connection is lost.
     """
 
     def __init__(self, stream: trio.SocketStream, timeout: float) -> None:
         super().__init__(stream, timeout)
-        #: Confirmations awaited, per (kind, channel), in the order they were asked.
-        self._waiting: dict[tuple[bytes, bytes], deque[trio.Event]] = {}
+        #: Requests awaiting a confirmation, per (kind, channel), in the order asked.
+        self._waiting: dict[tuple[bytes, bytes], deque[_Request]] = {}
+        #: Every request not answered yet, in writing order: Valkey answers in that
+        #: order, so an error reply belongs to the oldest.
+        self._requests: deque[_Request] = deque()
         self._channels: set[bytes] = set()
 
     @property
@@ -342,58 +373,111 @@ class ValkeySubscriber(_RespStream):
         """Unsubscribe from ``channels``; return once Valkey confirmed each of them."""
         await self._request(b"unsubscribe", channels)
 
+    async def ssubscribe(self, *channels: str | bytes) -> None:
+        """Subscribe to sharded ``channels`` (all of one slot, else Valkey answers
+        ``CROSSSLOT``); return once confirmed. An error reply (``MOVED``...) raises
+        :class:`ValkeyError`."""
+        await self._request(b"ssubscribe", channels)
+
+    async def sunsubscribe(self, *channels: str | bytes) -> None:
+        """Unsubscribe from sharded ``channels``; return once Valkey confirmed them."""
+        await self._request(b"sunsubscribe", channels)
+
     async def _request(self, kind: bytes, channels: tuple[str | bytes, ...]) -> None:
         if not channels:
             return
         names = [c.encode() if isinstance(c, str) else c for c in channels]
-        events = [trio.Event() for _ in names]
+        request = _Request(len(names))
         data = pack_command((kind.upper(), *names))
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check()
-        for name, event in zip(names, events, strict=True):
-            self._waiting.setdefault((kind, name), deque()).append(event)
+        for name in names:
+            self._waiting.setdefault((kind, name), deque()).append(request)
+        self._requests.append(request)
         await self._write(data)
-        for event in events:
-            await event.wait()
+        await request.done.wait()
         self._check()
+        if request.error is not None:
+            raise request.error
 
     async def listen(
-        self, on_message: Callable[[bytes, bytes], Awaitable[object] | None]
+        self,
+        on_message: Callable[[bytes, bytes], Awaitable[object] | None],
+        on_unsubscribed: Callable[[bytes, bytes], Awaitable[object] | None] | None = None,
     ) -> NoReturn:
         """Read pushes until the connection is lost: ``on_message(channel, data)`` for
-        each message, in order, confirmations to their waiters. An async
-        ``on_message`` is awaited before the next push is read, so a slow consumer
-        slows the reading (and Valkey buffers, up to its pub/sub output limit;
-        confirmations wait too). Raises :class:`ValkeyUnavailable` when the
-        connection ends."""
+        each message (``message`` or sharded ``smessage``), in order, confirmations
+        to their waiters. An async ``on_message`` is awaited before the next push is
+        read, so a slow consumer slows the reading (and Valkey buffers, up to its
+        pub/sub output limit; confirmations wait too).
+
+        ``on_unsubscribed(kind, channel)`` hears of an unsubscribe nobody asked for:
+        a cluster node sends ``sunsubscribe`` for its shard channels when it stops
+        serving their slot (a failover promoted it from replica, or the slot moved).
+        Raises :class:`ValkeyUnavailable` when the connection ends."""
         try:
             while True:
                 self._check()
                 reply = await self._read_reply()
-                if not isinstance(reply, list) or not reply:
+                if isinstance(reply, ValkeyError):
+                    self._refused(reply)
                     continue
-                kind = reply[0]
-                if kind == b"message" and len(reply) == 3:
-                    handled = on_message(reply[1], reply[2])
+                if not isinstance(reply, list) or len(reply) != 3:
+                    continue
+                kind, channel = reply[0], reply[1]
+                if kind in _MESSAGES:
+                    handled = on_message(channel, reply[2])
                     if handled is not None:
                         await handled
-                elif kind in (b"subscribe", b"unsubscribe") and len(reply) == 3:
-                    channel = reply[1]
-                    if kind == b"subscribe":
-                        self._channels.add(channel)
-                    else:
+                elif kind in _CONFIRMS:
+                    if kind in _UNSUBSCRIBES:
                         self._channels.discard(channel)
-                    waiters = self._waiting.get((kind, channel))
-                    if waiters:
-                        waiters.popleft().set()
-                        if not waiters:
-                            del self._waiting[(kind, channel)]
+                    else:
+                        self._channels.add(channel)
+                    unasked = not self._confirmed(kind, channel) and kind in _UNSUBSCRIBES
+                    if unasked and on_unsubscribed is not None:
+                        handled = on_unsubscribed(kind, channel)
+                        if handled is not None:
+                            await handled
         finally:
             if self._broken is None:
                 # Cancelled: whoever waits for a confirmation would wait forever.
                 await self._abort("listener stopped")
             self._channels.clear()
             self._wake_waiters()
+
+    def _confirmed(self, kind: bytes, channel: bytes) -> bool:
+        """Hand a confirmation to the request awaiting it; ``False`` if none did."""
+        waiters = self._waiting.get((kind, channel))
+        if not waiters:
+            return False
+        request = waiters.popleft()
+        if not waiters:
+            del self._waiting[(kind, channel)]
+        request.remaining -= 1
+        if request.remaining == 0:
+            request.done.set()
+        self._drop_answered()
+        return True
+
+    def _refused(self, error: ValkeyError) -> None:
+        """An error reply answers the oldest request still waiting, whole."""
+        self._drop_answered()
+        if not self._requests:
+            return
+        request = self._requests.popleft()
+        request.error = error
+        request.done.set()
+        for key, waiters in list(self._waiting.items()):
+            kept = deque(r for r in waiters if r is not request)
+            if kept:
+                self._waiting[key] = kept
+            else:
+                del self._waiting[key]
+
+    def _drop_answered(self) -> None:
+        while self._requests and self._requests[0].done.is_set():
+            self._requests.popleft()
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -402,7 +486,7 @@ class ValkeySubscriber(_RespStream):
     def _wake_waiters(self) -> None:
         """Release every task awaiting a confirmation (it then finds the connection
         unusable)."""
-        for waiters in self._waiting.values():
-            for event in waiters:
-                event.set()
+        for request in self._requests:
+            request.done.set()
+        self._requests.clear()
         self._waiting.clear()

@@ -11,6 +11,10 @@ doubles, same order), so both limiters give the same decisions on the same
 schedule. Unlike WS-Kit's Redis script it keeps the fraction of a token earned
 between consumes instead of losing it on every call.
 
+On a Valkey Cluster (``from_url("valkey+cluster://host1:port,host2:port", ...)``)
+each consume goes to the primary owning its bucket's slot (the script touches that
+one key), so buckets spread over the shards and every instance still shares each.
+
 When Valkey cannot be reached the limiter **fails closed** by default: the
 message is refused with ``UNAVAILABLE`` (retryable; the client retries after
 the suggested backoff) rather than let through unlimited. ``fail_open=True``
@@ -33,6 +37,8 @@ import trio
 from .._errors import ValkeyError, ValkeyUnavailable, WsKitError
 from .._protocol.codes import ErrorCode
 from .._protocol.ratelimit import MICROS, Decision, check_cost, check_parameters
+from ._cluster import ValkeyCluster, is_cluster_url, parse_cluster_url
+from ._commands import Commands, NodeCommands, commands_of
 from ._connection import TRANSIENT_ERRORS, ValkeyConnection, parse_url
 from ._outage import Outage, redact_url, valkey_url
 
@@ -129,7 +135,8 @@ class ValkeyRateLimiter:
     ``from_url`` connects on first use and again after a lost connection (at most
     once per ``reconnect_interval``; meanwhile consumes fail at once); a ``connect``
     factory does the same with connections you open. Given a ``connection``
-    instead, the limiter uses it as is and never closes it.
+    instead, the limiter uses it as is and never closes it. Either may be a
+    :class:`~wskit_trio.valkey.ValkeyCluster` instead of a node's connection.
 
     Every consume is bounded by ``command_timeout``. ``ttl_ms`` (default: twice the
     time to refill an empty bucket, at least 60 s) only lets idle buckets go:
@@ -140,7 +147,7 @@ class ValkeyRateLimiter:
 
     def __init__(
         self,
-        connection: ValkeyConnection | None = None,
+        connection: ValkeyConnection | ValkeyCluster | None = None,
         *,
         capacity: int,
         tokens_per_second: float,
@@ -149,7 +156,7 @@ class ValkeyRateLimiter:
         command_timeout: float = 2.0,
         fail_open: bool = False,
         clock: Callable[[], float] | None = None,
-        connect: Callable[[], Awaitable[ValkeyConnection]] | None = None,
+        connect: Callable[[], Awaitable[ValkeyConnection | ValkeyCluster]] | None = None,
         reconnect_interval: float = 0.5,
     ) -> None:
         check_parameters(capacity, tokens_per_second)
@@ -167,7 +174,7 @@ class ValkeyRateLimiter:
         self._timeout = command_timeout
         self.fail_open = fail_open
         self._clock = clock
-        self._conn = connection
+        self._conn: Commands | None = None if connection is None else commands_of(connection)
         self._connect = connect
         self._reconnect_interval = reconnect_interval
         self._connect_lock = trio.Lock()
@@ -190,17 +197,31 @@ class ValkeyRateLimiter:
         fail_open: bool = False,
         reconnect_interval: float = 0.5,
     ) -> ValkeyRateLimiter:
-        """From ``valkey://[:password@]host[:port][/db]``; connects on first use."""
-        address = parse_url(url)
+        """From ``valkey://[:password@]host[:port][/db]``, or
+        ``valkey+cluster://[:password@]host1:port1,host2:port2`` (seed nodes of a Valkey
+        Cluster); connects on first use."""
+        connect: Callable[[], Awaitable[ValkeyConnection | ValkeyCluster]]
+        if is_cluster_url(url):
+            seeds = parse_cluster_url(url)
+            password = seeds.password
 
-        async def connect() -> ValkeyConnection:
-            return await ValkeyConnection.connect(
-                address.host,
-                address.port,
-                password=address.password,
-                db=address.db,
-                connect_timeout=connect_timeout,
-            )
+            async def connect() -> ValkeyCluster:
+                return await ValkeyCluster.connect(
+                    seeds, connect_timeout=connect_timeout, command_timeout=command_timeout
+                )
+
+        else:
+            address = parse_url(url)
+            password = address.password
+
+            async def connect() -> ValkeyConnection:
+                return await ValkeyConnection.connect(
+                    address.host,
+                    address.port,
+                    password=address.password,
+                    db=address.db,
+                    connect_timeout=connect_timeout,
+                )
 
         limiter = cls(
             capacity=capacity,
@@ -213,7 +234,7 @@ class ValkeyRateLimiter:
             reconnect_interval=reconnect_interval,
         )
         limiter._outage.where = redact_url(url)
-        limiter._outage.secret = address.password
+        limiter._outage.secret = password
         return limiter
 
     @property
@@ -239,23 +260,26 @@ class ValkeyRateLimiter:
         """
         check_cost(cost)
         now = "" if self._clock is None else str(round(self._clock() * MICROS))
+        bucket = self.prefix + key
         args: tuple[str | int, ...] = (
-            1, self.prefix + key, self._capacity, self._rate_arg, cost, self.ttl_ms, now,
+            1, bucket, self._capacity, self._rate_arg, cost, self.ttl_ms, now,
         )  # fmt: skip
         reply: Any = None
         try:
             with trio.move_on_after(self._timeout):
                 conn = await self._connection()
                 try:
-                    reply = await conn.execute("EVALSHA", SCRIPT_SHA, *args)
+                    reply = await conn.execute("EVALSHA", SCRIPT_SHA, *args, key=bucket)
                 except ValkeyError as exc:
                     if exc.kind != "NOSCRIPT":
                         raise
-                    reply = await conn.execute("EVAL", SCRIPT, *args)
+                    reply = await conn.execute("EVAL", SCRIPT, *args, key=bucket)
             if reply is None:
                 reason = f"no answer from Valkey within {self._timeout}s"
-                if self._connect is not None and self._conn is not None:
+                if self._connect is not None and isinstance(self._conn, NodeCommands):
                     # Ours: a stalled connection would hold up every later consume.
+                    # (A cluster client bounds and replaces its nodes' connections
+                    # itself: one shard failing over is no reason to drop the others.)
                     conn, self._conn = self._conn, None
                     await conn.aclose()
                 raise ValkeyUnavailable(reason)
@@ -281,7 +305,7 @@ class ValkeyRateLimiter:
             return Decision(True, 0, 0)
         raise WsKitError(ErrorCode.UNAVAILABLE, "Rate limiter unavailable")
 
-    async def _connection(self) -> ValkeyConnection:
+    async def _connection(self) -> Commands:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
@@ -293,7 +317,7 @@ class ValkeyRateLimiter:
             if trio.current_time() < self._retry_connect_at:
                 raise ValkeyUnavailable(self._last_error or "Valkey unavailable")
             try:
-                self._conn = await self._connect()
+                self._conn = commands_of(await self._connect())
             except (ValkeyUnavailable, ValkeyError):
                 self._retry_connect_at = trio.current_time() + self._reconnect_interval
                 raise
@@ -313,9 +337,12 @@ class ValkeyRateLimiter:
         await self.aclose()
 
 
-def _where(connection: ValkeyConnection | None) -> str:
+def _where(connection: ValkeyConnection | ValkeyCluster | None) -> str:
     """The address to name in outage logs when no URL is known (``from_url`` sets
     that): the given connection's peer, else where the connections come from."""
+    if isinstance(connection, ValkeyCluster):
+        host, port = connection.address.seeds[0].host, connection.address.seeds[0].port
+        return valkey_url(host, port).replace("valkey://", "valkey+cluster://")
     if connection is not None:
         try:
             peer = connection._stream.socket.getpeername()
