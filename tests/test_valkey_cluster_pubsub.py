@@ -37,7 +37,6 @@ from test_delivery import (
     ALL_TOPICS,
     JOIN,
     NEWS,
-    PUB,
     Join,
     Joined,
     Said,
@@ -47,6 +46,7 @@ from test_delivery import (
     make_router,
     news,
 )
+from test_delivery_valkey import offsets, published, seqs
 from valkey_cluster import ClusterNode, ValkeyClusterProcess, slot_of
 
 from wskit_trio import (
@@ -133,24 +133,6 @@ async def instances(
             add_try(router)
             apps.append(await stack.enter_async_context(app_of(router)))
         yield apps
-
-
-async def published(client: TestClient[Any], topic: str, *seqs: int) -> None:
-    for seq in seqs:
-        await client.request(PUB, Say(topic, seq))
-        frame = await client.receive()
-        assert frame.type == "PUB_OK", frame.raw
-
-
-def offsets(frames: list[dict[str, Any]]) -> list[int]:
-    return [frame["meta"]["offset"] for frame in frames]
-
-
-def seqs(frames: list[dict[str, Any]]) -> list[int]:
-    return [frame["payload"]["seq"] for frame in frames]
-
-
-# -- names -------------------------------------------------------------------------------
 
 
 def test_a_topic_s_channel_and_history_keys_share_its_slot() -> None:
