@@ -211,6 +211,69 @@ async def test_the_writer_is_woken_as_asked() -> None:
     assert batches == [["quiet"], [], []]
 
 
+async def test_frames_written_in_the_writers_place_while_it_settles_are_not_taken_again() -> None:
+    """The writer, woken for frames, waits in ``settle``; meanwhile someone writes
+    them in its place (the hub's flush). Written whole: the writer waits again, it
+    sends no empty batch. Written in part: it returns ``[]`` to finish that write,
+    or, if more frames came, takes them too; the unfinished batch counts until the
+    writer's send is done."""
+    outbox = Outbox(8, "wait")
+    settling = trio.lowlevel.ParkingLot()
+    sending = trio.lowlevel.ParkingLot()
+    batches: list[list[str]] = []
+
+    async def settle() -> None:
+        await settling.park()
+
+    async def writer() -> None:
+        while True:
+            batch = await outbox.get_batch(settle)
+            batches.append(batch)
+            if not batch and outbox.closed:
+                return
+            await sending.park()  # the transport's send
+
+    async def step() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            await step()
+            outbox.put_nowait("a")
+            await step()  # the writer is in settle
+            assert outbox.take_nowait() == ["a"]
+            outbox.written()  # written whole
+            settling.unpark_all()
+            await step()
+            assert batches == []  # waiting again
+            outbox.put_nowait("b")
+            await step()
+            assert outbox.take_nowait() == ["b"]
+            outbox.wake_writer()  # written in part: the writer finishes it
+            settling.unpark_all()
+            await step()
+            assert batches == [[]] and len(outbox) == 1  # "b" counts until then
+            sending.unpark_all()
+            await step()
+            assert len(outbox) == 0
+            outbox.put_nowait("c")
+            await step()  # the writer is in settle
+            assert outbox.take_nowait() == ["c"]
+            outbox.wake_writer()
+            outbox.put_nowait("d")
+            settling.unpark_all()
+            await step()
+            # "d" is taken with the rest of "c" still to write: both count.
+            assert batches == [[], ["d"]] and len(outbox) == 2
+            sending.unpark_all()
+            await step()
+            assert len(outbox) == 0
+            outbox.close()
+    assert batches == [[], ["d"], []]
+    assert outbox.statistics().sent == 4
+
+
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Outbox(0)

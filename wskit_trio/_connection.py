@@ -10,7 +10,8 @@ own), and when it blocks, the reader's task stays with it and a new task takes
 over reading. Every frame goes out through the bounded :class:`Outbox` and one
 writer task; when the reader is done with what it has received and the writer
 is waiting, the reader writes the answers itself, if the socket takes them at
-once (``_flush_nowait``). When the connection ends, the nursery is cancelled,
+once (``flush_nowait``); the pub/sub hub does the same for the deliveries it
+queues. When the connection ends, the nursery is cancelled,
 so nothing of it outlives it; ``on_close`` hooks run last.
 """
 
@@ -113,12 +114,12 @@ class Connection(Generic[D]):
             # The reply of an RPC the reader runs itself (``_start_rpc``): no schedule
             # point, the reader yields when it next reads (as in a burst); nor is the
             # writer woken: the reader writes the reply itself, or wakes it, once done
-            # with the message (``_flush_nowait``) or when the RPC blocks (``_hand_over``).
+            # with the message (``flush_nowait``) or when the RPC blocks (``_hand_over``).
             return self._outbox.put_nowait(frame, kind, wake=False)
         return await self._outbox.put(frame, kind)
 
-    def offer(self, frame: str) -> bool:
-        return self._outbox.offer(frame)
+    def offer(self, frame: str, *, wake: bool = True) -> bool:
+        return self._outbox.offer(frame, wake=wake)
 
     async def send_within(self, frame: str, patience: float) -> bool:
         return await self._outbox.put_within(frame, patience)
@@ -277,7 +278,7 @@ class Connection(Generic[D]):
                 batch = await outbox.get_batch(self.transport.settle)
                 if not batch and outbox.closed:
                     break
-                # (Empty when woken to finish what the reader started: ``_flush_nowait``.)
+                # (Empty when woken to finish a write begun in its place: ``flush_nowait``.)
                 await self.transport.send(batch)
                 if batch and self.router.observer is not None:
                     self.router.observer.frames_out(batch)
@@ -311,7 +312,7 @@ class Connection(Generic[D]):
                     # new one took over reading (``_hand_over``): it is done now.
                     return
                 if not pending():
-                    self._flush_nowait()
+                    self.flush_nowait()
                 else:
                     self._outbox.notify_writer()
         except MessageTooBig:
@@ -327,24 +328,26 @@ class Connection(Generic[D]):
                 )
         self._nursery.cancel_scope.cancel()
 
-    def _flush_nowait(self) -> None:
-        """The reader is done with what it received: if the writer is waiting, write
-        the answers queued meanwhile from here, at once, rather than wake the writer
-        and wait a trip through the scheduler for it to write them. If the socket
-        takes only part, the writer is woken to write the rest (they still count
-        against the queue's bounds until then)."""
+    def flush_nowait(self) -> None:
+        """Write what is queued from the calling task, at once, if the writer is
+        waiting and the socket takes it, rather than wake the writer and wait a
+        trip through the scheduler for it to write. The reader calls it once done
+        with what it received (its answers); the pub/sub hub once done with a
+        delivery burst (frames queued with ``offer(wake=False)``). If the socket
+        takes only part, the writer is woken to write the rest (those frames still
+        count against the queue's bounds until then); if the writer holds a batch
+        or the transport cannot write at once, the writer is woken for the frames."""
         outbox = self._outbox
         batch = outbox.take_nowait() if self.transport.can_send_nowait() else None
         if batch is None:
             outbox.notify_writer()
             return
-        whole = self.transport.send_nowait(batch)
-        if self.router.observer is not None:
-            self.router.observer.frames_out(batch)
-        if whole:
+        if self.transport.send_nowait(batch):
             outbox.written()
         else:
             outbox.wake_writer()  # its (empty) send writes the rest
+        if self.router.observer is not None:
+            self.router.observer.frames_out(batch)
 
     async def _message_too_big(self) -> None:
         """A message over ``max_message_bytes`` (docs/protocol.md §4, §8): close with 1009,

@@ -86,8 +86,16 @@ class ConnectionHandle(Protocol):
         """Queue an encoded frame (the queue's policy applies; see ``Outbox.put``)."""
         ...
 
-    def offer(self, frame: str) -> bool:
-        """Queue a frame if there is room now; ``False`` (nothing queued) if not."""
+    def offer(self, frame: str, *, wake: bool = True) -> bool:
+        """Queue a frame if there is room now; ``False`` (nothing queued) if not.
+        ``wake=False``: the writer is not woken for it; the caller must call
+        :meth:`flush_nowait` before anything can wait for it (the hub does, at the
+        end of a delivery burst)."""
+        ...
+
+    def flush_nowait(self) -> None:
+        """Write the queued frames from the calling task if the writer is idle and
+        the socket takes them at once; else wake the writer for them. Never waits."""
         ...
 
     async def send_within(self, frame: str, patience: float) -> bool:

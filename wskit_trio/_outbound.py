@@ -185,10 +185,11 @@ class Outbox:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return queued
 
-    def offer(self, frame: str) -> bool:
+    def offer(self, frame: str, *, wake: bool = True) -> bool:
         """Queue a plain frame if that needs no wait: the fast path of a pub/sub
         delivery (:meth:`put_within` is the slow one). ``False``: nothing queued,
-        nothing counted as dropped."""
+        nothing counted as dropped. ``wake=False`` as for :meth:`put_nowait` (the
+        hub writes a delivery burst's frames itself once the burst is over)."""
         if self._closed:
             return False
         # ``_full`` and ``_append`` inlined: a fan-out runs this once per subscriber.
@@ -196,7 +197,7 @@ class Outbox:
         held = len(frames) + self._writing
         size = self._bytes
         if held >= self.capacity or size >= self.capacity_bytes:
-            return self.policy != "wait" and self.put_nowait(frame)
+            return self.policy != "wait" and self.put_nowait(frame, wake=wake)
         frames.append((frame, FrameKind.PLAIN, None))
         size += len(frame)
         self._bytes = size
@@ -204,7 +205,7 @@ class Outbox:
             self.high_water_bytes = size
         if held >= self.high_water:
             self.high_water = held + 1
-        if self._readable:  # the writer is waiting for frames
+        if wake and self._readable:  # the writer is waiting for frames
             self._readable.unpark()
         return True
 
@@ -299,19 +300,26 @@ class Outbox:
         """
         if self._writing:
             self.written()
-        while not self._frames:
+        while True:
+            if self._frames:
+                # Its write also finishes one begun in its place (the transport
+                # writes what that left first), whose frames still count: ``_take``.
+                self._wake = False
+                return self._take()
             if self._closed or self._wake:
                 self._wake = False
                 return []
             await self._readable.park()
             if settle is not None and self._frames:
+                # (Someone may write them in the writer's place meanwhile: look again.)
                 await settle()
-        return self._take()
 
     def _take(self) -> list[str]:
         batch = [entry[0] for entry in self._frames]
         self._frames.clear()
-        self._writing = len(batch)
+        # Added to, not replaced: a write begun in the writer's place (``take_nowait``)
+        # and not finished counts until this batch is out too.
+        self._writing += len(batch)
         self._writing_bytes = self._bytes
         return batch
 
