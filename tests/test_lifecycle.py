@@ -76,6 +76,26 @@ async def test_responsive_client_stays_connected(autojump_clock: trio.testing.Mo
             assert (await client.receive()).payload == {"reply": "alive"}
 
 
+async def test_idle_connections_hold_no_heartbeat_task_between_pings(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The server's one schedule starts each ping; a connection waiting for its next
+    # one costs no task (a sleeping task each was ~3 KiB per idle connection).
+    with trio.fail_after(1000):
+        async with open_test_app(
+            lifecycle_router([]), heartbeat=Heartbeat(interval=10, timeout=5)
+        ) as app:
+            clients = [await app.connect() for _ in range(3)]
+            await trio.sleep(25)  # two pings each, answered
+            await trio.testing.wait_all_tasks_blocked()
+            for client in clients:
+                assert client.closed is None
+                nursery = client.connection._nursery
+                assert nursery is not None
+                names = sorted(task.name.rsplit(".", 1)[-1] for task in nursery.child_tasks)
+                assert names == ["_read_loop", "_write_loop"]
+
+
 async def test_unanswered_ping_closes_with_1008_at_interval_plus_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

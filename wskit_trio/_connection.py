@@ -31,6 +31,7 @@ from ._context import ConnectionContext, Context, RpcContext
 from ._errors import CloseError, ConnectionClosed, MessageTooBig, WsKitError
 from ._groups import only_cancelled
 from ._handle import ConnectionStatistics, Subscriptions
+from ._heartbeat import Beat, Heartbeats
 from ._inline import run_until_blocked
 from ._outbound import FrameKind, Outbox
 from ._protocol import frames
@@ -71,12 +72,16 @@ class Connection(Generic[D]):
         limits: Limits,
         heartbeat: Heartbeat | None,
         pubsub: Subscriptions,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self.router = router
         self.transport = transport
         self.data = data
         self.limits = limits
         self.heartbeat = heartbeat
+        #: The server's ping schedule, if it runs one (else a task of its own pings).
+        self._heartbeats = heartbeats
+        self._beat: Beat | None = None
         self.pubsub = pubsub
         self.client_id = str(uuid.uuid4())
         self.session: ServerSession[Route] = ServerSession(
@@ -163,7 +168,13 @@ class Connection(Generic[D]):
                 if await self._open():
                     nursery.start_soon(self._read_loop)
                     if self.heartbeat is not None:
-                        nursery.start_soon(self._heartbeat_loop, self.heartbeat)
+                        beats = self._heartbeats
+                        if beats is not None and beats.running:
+                            # No task while idle: the server's schedule starts each ping.
+                            self._beat = Beat(self._ping_soon)
+                            beats.add(self._beat)
+                        else:
+                            nursery.start_soon(self._heartbeat_loop, self.heartbeat)
         except Exception:
             self._close_code, self._close_reason = 1011, "Internal error"
             raise
@@ -176,6 +187,8 @@ class Connection(Generic[D]):
                 self._close_code, self._close_reason = 1001, "server shutting down"
             raise
         finally:
+            if self._beat is not None:
+                self._beat.ping = None  # (the schedule drops it when it comes up)
             # Frames nobody will send are freed now, not whenever the cyclic GC runs.
             self._outbox.close(discard=True)
             with trio.CancelScope(shield=True):
@@ -379,22 +392,44 @@ class Connection(Generic[D]):
         self.cut_off(1008, "slow consumer")
 
     async def _heartbeat_loop(self, heartbeat: Heartbeat) -> None:
+        """Ping every ``interval`` seconds, from a task of its own (when the server runs
+        no ping schedule: an ASGI app, say)."""
         while True:
             await trio.sleep(heartbeat.interval)
-            with trio.move_on_after(heartbeat.timeout):
-                try:
-                    await self.transport.ping()
-                except ConnectionClosed:
-                    return  # the reader sees the close too and ends the connection
-                continue
-            if heartbeat.on_stale is not None:
-                try:
-                    await heartbeat.on_stale(self.context)
-                    continue
-                except Exception:
-                    log.exception("heartbeat on_stale hook failed; closing with 1008")
-            self.abort(1008, "heartbeat timeout")
-            return
+            if not await self._ping(heartbeat):
+                return
+
+    def _ping_soon(self) -> None:
+        """The server's schedule says a ping is due: ping from a short-lived task of
+        this connection's nursery, which puts it back in the schedule if all is well."""
+        if self._nursery is not None and not self._finished.is_set():
+            with contextlib.suppress(RuntimeError):  # the nursery is closing
+                self._nursery.start_soon(self._ping_and_reschedule)
+
+    async def _ping_and_reschedule(self) -> None:
+        assert self.heartbeat is not None and self._heartbeats is not None
+        beat = self._beat
+        if await self._ping(self.heartbeat) and beat is not None and beat.ping is not None:
+            self._heartbeats.add(beat)
+
+    async def _ping(self, heartbeat: Heartbeat) -> bool:
+        """One ping; ``False`` once the connection is done (closed meanwhile, or stale
+        and closed with 1008). A stale connection's ``on_stale`` hook, if any, decides:
+        returning keeps it."""
+        with trio.move_on_after(heartbeat.timeout):
+            try:
+                await self.transport.ping()
+            except ConnectionClosed:
+                return False  # the reader sees the close too and ends the connection
+            return True
+        if heartbeat.on_stale is not None:
+            try:
+                await heartbeat.on_stale(self.context)
+                return True
+            except Exception:
+                log.exception("heartbeat on_stale hook failed; closing with 1008")
+        self.abort(1008, "heartbeat timeout")
+        return False
 
     # -- dispatch -----------------------------------------------------------------
 

@@ -25,7 +25,6 @@ one terminal frame per RPC in flight, whatever the client does.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeAlias
 
@@ -72,7 +71,9 @@ class Outbox:
         self.policy: QueuePolicy = policy
         #: Queued frames, each with its kind and the group it supersedes within
         #: (a ``drop_oldest`` topic: :meth:`put_replacing`), else ``None``.
-        self._frames: deque[tuple[str, FrameKind, str | None]] = deque()
+        #: (A list, not a deque: frames are only appended and taken all at once, and
+        #: an empty list costs a tenth of an empty deque on each idle connection.)
+        self._frames: list[tuple[str, FrameKind, str | None]] = []
         #: Frames of the batch the writer is sending (still held, so still counted).
         self._writing = 0
         #: Characters held: queued frames and the writer's batch (``_writing_bytes``).

@@ -27,6 +27,7 @@ from ._config import DEFAULT_HEARTBEAT, Heartbeat, Limits
 from ._connection import Connection
 from ._errors import ConfigurationError, ConnectionClosed, UpgradeRejected
 from ._groups import single_exception
+from ._heartbeat import Heartbeats
 from ._memory import LARGE_CONNECTION_BYTES, trim_heap
 from ._observer import Observer
 from ._protocol._json import dumps
@@ -138,6 +139,8 @@ class Server(Generic[D]):
         self._subprotocols = tuple(subprotocols)
         self.limits = limits
         self._heartbeat = heartbeat
+        #: One task pings every connection when due (see ``_heartbeat``).
+        self._heartbeats = Heartbeats(heartbeat.interval) if heartbeat is not None else None
         self._admission = Admission(
             path=path,
             allowed_origins=allowed_origins,
@@ -387,6 +390,17 @@ class Server(Generic[D]):
             if not upgraded:
                 await reject(_INTERNAL)
 
+    async def run_services(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """What runs for the server's life around its connections, until cancelled:
+        the pub/sub hub and the heartbeat schedule."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.pubsub.run)
+            if self._heartbeats is not None:
+                await nursery.start(self._heartbeats.run)
+            task_status.started()
+
     async def run_connection(self, transport: Transport, data: Any) -> None:
         """Serve one accepted WebSocket until it closes. A failure is logged with the
         connection's id and address; the connection closes with 1011."""
@@ -395,7 +409,13 @@ class Server(Generic[D]):
                 await transport.close(1001, "server shutting down")
             return
         conn: Connection[D] = Connection(
-            self._router, transport, data, self.limits, self._heartbeat, self.pubsub
+            self._router,
+            transport,
+            data,
+            self.limits,
+            self._heartbeat,
+            self.pubsub,
+            self._heartbeats,
         )
         self.connections.add(conn)
         try:
@@ -475,7 +495,7 @@ class Server(Generic[D]):
                 self._services = services
                 # The pub/sub backend outlives every connection (they unsubscribe
                 # on close), so it runs in a nursery around theirs.
-                await services.start(self.pubsub.run)
+                await services.start(self.run_services)
                 async with trio.open_nursery() as connections:
                     listeners = await self._listen(host, port, ssl_context)
                     async with trio.open_nursery() as accepting:

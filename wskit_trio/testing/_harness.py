@@ -302,7 +302,7 @@ async def open_test_app(
     )
     with single_exception():
         async with trio.open_nursery() as services:
-            await services.start(server.pubsub.run)
+            await services.start(server.run_services)
             async with trio.open_nursery() as nursery:
                 app = TestApp(server, nursery, errors)
                 try:
