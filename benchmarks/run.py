@@ -383,14 +383,14 @@ def find_bun(install: bool) -> tuple[str | None, str]:
             return None, "bun unavailable (no npm to install it)"
         try:
             subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],  # as the lock says
                 cwd=BUN_DIR,
                 check=True,
                 capture_output=True,
                 timeout=600,
             )
         except (subprocess.SubprocessError, OSError) as exc:
-            return None, f"bun unavailable (npm install failed: {type(exc).__name__})"
+            return None, f"bun unavailable (npm ci failed: {type(exc).__name__})"
         installed = (BUN_DIR / "node_modules" / "@ws-kit" / "bun").is_dir()
     if not installed:
         return None, "bun unavailable (WS-Kit not installed)"

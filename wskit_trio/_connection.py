@@ -1,4 +1,4 @@
-"""One connection = one nursery: reader/dispatcher, writer, RPC tasks, heartbeat.
+"""One connection = one nursery: reader/dispatcher, writer, RPC tasks, pings.
 
 The connection is the driver of its :class:`~wskit_trio._protocol.session.ServerSession`:
 the reader hands each message to the session and carries out the action it gets
@@ -11,8 +11,9 @@ over reading. Every frame goes out through the bounded :class:`Outbox` and one
 writer task; when the reader is done with what it has received and the writer
 is waiting, the reader writes the answers itself, if the socket takes them at
 once (``flush_nowait``); the pub/sub hub does the same for the deliveries it
-queues. When the connection ends, the nursery is cancelled,
-so nothing of it outlives it; ``on_close`` hooks run last.
+queues. Heartbeat pings run in short-lived tasks of the nursery, started by
+the server's one schedule (``_heartbeat``). When the connection ends, the
+nursery is cancelled, so nothing of it outlives it; ``on_close`` hooks run last.
 """
 
 from __future__ import annotations

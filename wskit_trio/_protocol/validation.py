@@ -66,16 +66,30 @@ def _expect(expected: str, value: Any) -> StrictTypeError:
     return StrictTypeError(f"expected {expected}, got {type_name(value)}")
 
 
-def _structure_str(value: Any, _: Any) -> str:
+# The str and int hooks also get the enums that mix those in (``IntEnum``,
+# ``class C(str, Enum)``): dispatch on ``int`` matches its subclasses first.
+
+
+def _structure_str(value: Any, t: Any) -> Any:
     if type(value) is str:
-        return value
-    raise _expect("string", value)
+        return value if t is str else _member(t, value)
+    return _not_a(t, value, "string")
 
 
-def _structure_int(value: Any, _: Any) -> int:
+def _structure_int(value: Any, t: Any) -> Any:
     if type(value) is int:
-        return value
-    raise _expect("integer", value)
+        return value if t is int else _member(t, value)
+    return _not_a(t, value, "integer")
+
+
+def _member(t: Any, value: Any) -> Any:
+    return _structure_enum(t)(value, t) if _is_enum(t) else value
+
+
+def _not_a(t: Any, value: Any, expected: str) -> Any:
+    if _is_enum(t):
+        return _structure_enum(t)(value, t)
+    raise _expect(expected, value)
 
 
 def _structure_float(value: Any, _: Any) -> float:
@@ -159,18 +173,6 @@ def _structure_enum(t: type[enum.Enum]) -> Callable[[Any, Any], Any]:
     return structure
 
 
-def _or_enum(scalar: type, hook: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """``hook`` for ``scalar``, the enum hook for an enum that subclasses it
-    (``IntEnum``, a ``str`` mix-in): a hook registered for ``int`` also gets those."""
-
-    def structure(value: Any, t: Any) -> Any:
-        if t is scalar or not _is_enum(t):
-            return hook(value, t)
-        return _structure_enum(t)(value, t)
-
-    return structure
-
-
 def make_converter(*, detailed: bool = True) -> cattrs.Converter:
     """The strict converter. ``detailed`` collects every problem with its path;
     without it, structuring stops at the first problem (faster, for valid input)."""
@@ -181,13 +183,10 @@ def make_converter(*, detailed: bool = True) -> cattrs.Converter:
         # which is also the only form the strict structuring hooks below accept back.
         unstruct_collection_overrides={abc.Set: list, tuple: list, abc.Sequence: list},
     )
-    for scalar, hook in (
-        (str, _structure_str),
-        (int, _structure_int),
-        (float, _structure_float),
-        (bool, _structure_bool),
-    ):
-        conv.register_structure_hook(scalar, _or_enum(scalar, hook))
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook(type(None), _structure_none)
 
     @conv.register_structure_hook_factory(attrs.has)

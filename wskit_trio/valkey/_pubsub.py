@@ -644,6 +644,16 @@ class ValkeyPubSub:
         self._outage.failed(self._last_error)
         return False
 
+    async def _check_and_reconcile(self, cmd: Commands, sub: Subscriptions) -> None:
+        """Check the server answers (one that accepts connections but answers nothing
+        is not healthy; a cluster client answered CLUSTER SHARDS already), then make
+        the subscriptions match the local topics."""
+        if self._cluster is None:
+            with trio.fail_after(self.command_timeout):
+                await cmd.execute("PING")
+        async with self._sub_lock:
+            await self._reconcile(cmd, sub)
+
     async def _serve_session(self, cmd: Commands, sub: Subscriptions) -> bool:
         self._trouble = trouble = trio.Event()
         # Held back from the first SUBSCRIBE until the catch-up is done.
@@ -653,13 +663,7 @@ class ValkeyPubSub:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._listen, sub, trouble)
                 try:
-                    if self._cluster is None:
-                        # A server that accepts connections but answers nothing is not
-                        # healthy. (A cluster client answered CLUSTER SHARDS already.)
-                        with trio.fail_after(self.command_timeout):
-                            await cmd.execute("PING")
-                    async with self._sub_lock:
-                        await self._reconcile(cmd, sub)
+                    await self._check_and_reconcile(cmd, sub)
                 except (ValkeyUnavailable, ValkeyError, trio.TooSlowError) as exc:
                     self._failed(exc)
                 else:
@@ -793,11 +797,7 @@ class ValkeyPubSub:
             if self._cluster is not None and backlog is not None:
                 await backlog.done.wait()  # the session's catch-up first
             try:
-                if self._cluster is None:
-                    with trio.fail_after(self.command_timeout):
-                        await cmd.execute("PING")
-                async with self._sub_lock:
-                    await self._reconcile(cmd, sub)
+                await self._check_and_reconcile(cmd, sub)
             except (ValkeyUnavailable, ValkeyError, trio.TooSlowError) as exc:
                 self._last_error = str(exc) or "health check timed out"
                 if self._cluster is None:
