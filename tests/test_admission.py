@@ -11,6 +11,7 @@ import base64
 import hashlib
 from collections.abc import Sequence
 
+import h11
 import pytest
 
 from wskit_trio._admission import (
@@ -20,7 +21,7 @@ from wskit_trio._admission import (
     TrustedProxies,
     client_ip,
 )
-from wskit_trio._transport import Rejected, UpgradeRequest
+from wskit_trio._transport import Headers, Rejected, UpgradeRequest
 from wskit_trio._transport._http import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
@@ -484,6 +485,101 @@ def test_header_count_limit() -> None:
     assert len(parse(at_limit).headers) == MAX_HEADERS
     over = HeadReader().feed(upgrade_head(extra=padding_headers(MAX_HEADERS - 4, 10)))
     assert isinstance(over, Rejected) and over.status == 431, over
+
+
+# -- Headers: a request's headers, kept as one string ------------------------------------
+
+
+def h11_pairs(data: bytes) -> tuple[tuple[str, str], ...]:
+    """The headers as h11 parses them, decoded as the server always has (the tuple
+    ``UpgradeRequest.headers`` used to be)."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    event = conn.next_event()
+    assert isinstance(event, h11.Request)
+    return tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers)
+
+
+ODD_HEADERS = [
+    ("X-Trace", "first"),
+    ("Referer", "http://h:1/p?q=a:b"),  # colons in the value
+    ("X-Empty", ""),
+    ("X-Trace", "second"),
+    ("X-Name", "caf\xe9"),  # latin-1
+    ("X-Note", "origin: none here"),  # another header's name, inside a value
+    ("X-Folded", "one\r\n  two"),  # an obsolete line fold: h11 joins it
+    ("X-Spaced", "  padded  "),
+]
+
+
+def test_headers_are_the_pairs_h11_parsed_in_a_sequence_equal_to_their_tuple() -> None:
+    data = upgrade_head("/", extra=ODD_HEADERS)
+    headers = parse(data).headers
+    expected = h11_pairs(data)
+    assert isinstance(headers, Headers) and isinstance(headers, Sequence)
+    assert headers == expected and expected == headers
+    assert headers != list(expected)  # (as the tuple it was: a list is not equal)
+    assert tuple(headers) == expected and list(headers) == list(expected)
+    assert len(headers) == len(expected) == 13
+    assert headers[0] == expected[0] and headers[-1] == expected[-1]
+    assert headers[2:5] == expected[2:5] and headers[::-1] == expected[::-1]
+    with pytest.raises(IndexError):
+        headers[len(expected)]
+    assert list(reversed(headers)) == list(reversed(expected))
+    assert ("x-trace", "second") in headers and ("x-trace", "third") not in headers
+    assert headers.index(("x-trace", "second")) == expected.index(("x-trace", "second"))
+    assert headers.count(("x-trace", "first")) == 1
+    assert hash(headers) == hash(expected) and repr(headers) == repr(expected)
+    assert dict(headers)["x-folded"] == "one two"
+    assert dict(headers)["x-spaced"] == "padded"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("host", "example.com"),  # the first line
+        ("sec-websocket-version", "13"),
+        ("x-trace", "first"),  # the first of two
+        ("referer", "http://h:1/p?q=a:b"),
+        ("x-empty", ""),
+        ("x-name", "caf\xe9"),
+        ("x-spaced", "padded"),  # the last line
+        ("origin", None),  # only inside another header's value
+        ("trace", None),  # the end of a name is not a name
+        ("x-trace:first", None),  # no name has a colon
+        ("x-trace\nhost", None),
+        ("X-Trace", None),  # ``get`` takes the lower-case name
+    ],
+)
+def test_headers_get_finds_the_first_value_without_splitting(name: str, value: str | None) -> None:
+    head = parse(upgrade_head("/", extra=ODD_HEADERS))
+    assert head.headers.get(name) == value
+    assert head.header(name) == value
+
+
+def test_headers_made_from_str_pairs() -> None:
+    headers = Headers([("X-A", "1"), ("x-b", "two: 2")])
+    assert headers == (("x-a", "1"), ("x-b", "two: 2"))
+    assert headers == Headers([("x-a", "1"), ("X-B", "two: 2")])
+    assert headers.get("x-b") == "two: 2"
+    empty = Headers()
+    assert empty == () and len(empty) == 0 and not empty and list(empty) == []
+    assert empty.get("host") is None
+    for bad in [("a:b", "1"), ("a\nb", "1"), ("a", "1\n2")]:
+        with pytest.raises(ValueError):
+            Headers([bad])
+
+
+def test_the_upgrade_request_shares_the_heads_headers() -> None:
+    head = parse(upgrade_head("/", extra=ODD_HEADERS))
+    request = UpgradeRequest.from_target(head.target, head.headers, head.subprotocols)
+    assert request.headers is head.headers  # not copied
+    assert request.header("X-TRACE") == "first"
+    assert request.header("x-missing") is None
+    assert request.header("x-missing", "default") == "default"
+    assert request.header("x-empty", "default") == ""
+    # Equal to the same request with the headers as a tuple.
+    assert request == UpgradeRequest.from_target(head.target, tuple(head.headers))
 
 
 # -- check_upgrade -------------------------------------------------------------------------

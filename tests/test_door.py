@@ -663,6 +663,31 @@ async def test_a_socket_that_sent_nothing_does_not_hold_shutdown(
                 assert await spare.receive_some(100) == b""
 
 
+async def test_an_accept_short_of_file_descriptors_is_logged_and_retried(
+    net_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As ``trio.serve_listeners`` does: out of file descriptors (or memory), the
+    server says so and accepts again a moment later; the client waits, then is served."""
+    accept = trio.SocketListener.accept
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    async def short(self: trio.SocketListener) -> trio.SocketStream:
+        if failures:
+            await trio.lowlevel.checkpoint()
+            raise failures.pop()
+        return await accept(self)
+
+    monkeypatch.setattr(trio.SocketListener, "accept", short)
+    with trio.fail_after(100):
+        async with running_server(Spy().router(), health_path="/healthz") as srv:
+            start = trio.current_time()
+            assert (await exchange(srv.port, plain_bytes("GET", "/healthz"))).status == 200
+            assert trio.current_time() - start == pytest.approx(0.1, abs=0.05)
+    assert "accept failed (EMFILE)" in caplog.text
+
+
 # -- bind failure --------------------------------------------------------------------------
 
 

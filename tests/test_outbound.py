@@ -9,6 +9,7 @@ A slow client never holds up another connection.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -48,10 +49,10 @@ async def test_wait_policy_parks_senders_until_the_writer_takes_frames() -> None
             assert await outbox.get_batch() == ["a", "b"]
             await trio.testing.wait_all_tasks_blocked()
             assert done == [] and len(outbox) == 2  # the writer still holds them
-            # The writer asks for more once the transport took the batch: room again.
-            assert await outbox.get_batch() == ["c"]
+            outbox.written()  # the transport took the batch: room again
             await trio.testing.wait_all_tasks_blocked()
             assert done == ["c"]
+            assert await outbox.get_batch() == ["c"]
     assert outbox.statistics() == OutboxStatistics(
         queued=1,
         capacity=2,
@@ -74,7 +75,7 @@ async def test_terminal_frames_never_wait_and_never_drop() -> None:
             for i in range(3):
                 assert await outbox.put(f"t{i}", FrameKind.TERMINAL)
         assert len(outbox) == 5 and outbox.high_water == 5
-        assert not outbox.overflowed.is_set()
+        assert not outbox.overflowed
         assert await outbox.get_batch() == ["p1", "p2", "t0", "t1", "t2"]
 
 
@@ -124,7 +125,7 @@ def test_close_policy_overflows_instead_of_queueing() -> None:
     outbox = Outbox(1, "close")
     assert outbox.put_nowait("a")
     assert not outbox.put_nowait("b")
-    assert outbox.overflowed.is_set()
+    assert outbox.overflowed
     assert outbox.statistics().dropped == 1 and len(outbox) == 1
 
 
@@ -136,7 +137,7 @@ async def test_wait_room() -> None:
     close = Outbox(1, "close")
     close.put_nowait("a")
     assert not await close.wait_room()
-    assert close.overflowed.is_set()
+    assert close.overflowed
     wait = Outbox(1, "wait")
     wait.put_nowait("a")
     with trio.move_on_after(0.01) as scope:
@@ -173,80 +174,191 @@ async def test_a_batch_taken_in_the_writers_place_counts_until_written() -> None
             assert outbox.take_nowait() is None  # one batch at a time
             outbox.put_nowait("e", FrameKind.TERMINAL)
             assert outbox.take_nowait() is None
-            # The writer comes back for more only once that batch is out: it counts.
+            # The writer adds to that batch, which counts until its write is out too.
             assert await outbox.get_batch() == ["e"]
+            assert len(outbox) == 3
+            outbox.written()
     stats = outbox.statistics()
-    assert (stats.sent, stats.queued, stats.high_water) == (4, 1, 3)
+    assert (stats.sent, stats.queued, stats.high_water) == (5, 0, 3)
 
 
-async def test_the_writer_is_woken_as_asked() -> None:
-    """``put_nowait(wake=False)`` leaves the writer waiting until ``notify_writer``;
-    ``wake_writer`` makes it return even with nothing queued (to finish a write
-    someone else started), without ending it."""
-    outbox = Outbox(4, "wait")
-    batches: list[list[str]] = []
+class Writers:
+    """The connection's side of the on-demand writer (an ``OutboxOwner``):
+    ``start_writer`` starts a task that takes batches until ``get_batch`` says
+    ``None``; ``send`` is the transport's write, ``flush_nowait`` writes in place."""
 
-    async def writer() -> None:
-        while True:
-            batch = await outbox.get_batch()
-            batches.append(batch)
-            if not batch and outbox.closed:
-                return
+    def __init__(
+        self,
+        outbox: Outbox,
+        nursery: trio.Nursery,
+        send: Callable[[], Awaitable[None]] | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.nursery = nursery
+        self.send = send
+        self.settle = settle
+        self.started = 0
+        self.running = 0
+        self.batches: list[list[str]] = []
+        self.flushed: list[list[str]] = []
+        self.overflows = 0
+        outbox.owner = self
+
+    def start_writer(self) -> None:
+        self.started += 1
+        self.nursery.start_soon(self.write)
+
+    def flush_nowait(self) -> None:
+        batch = self.outbox.take_nowait()
+        if batch is not None:
+            self.flushed.append(batch)
+            self.outbox.written()
+
+    def outbox_overflowed(self) -> None:
+        self.overflows += 1
+
+    async def write(self) -> None:
+        self.running += 1
+        settle = self.settle
+        try:
+            while (batch := await self.outbox.get_batch(settle)) is not None:
+                settle = None
+                self.batches.append(batch)
+                if not batch and self.outbox.closed:
+                    return
+                if self.send is not None:
+                    await self.send()
+                self.outbox.written()
+        finally:
+            self.running -= 1
+
+
+async def test_a_writer_runs_only_while_frames_wait() -> None:
+    """No task waits for frames: one is started when frames are queued and nobody
+    writes them, and ends once the queue is empty. Frames queued while it writes
+    join its next batch, with no second writer."""
+    outbox = Outbox(8, "wait")
+    sending = trio.lowlevel.ParkingLot()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            writers = Writers(outbox, nursery, sending.park)
+            await trio.testing.wait_all_tasks_blocked()
+            assert writers.started == 0
+            outbox.put_nowait("a")
+            outbox.put_nowait("b")
+            await trio.testing.wait_all_tasks_blocked()
+            assert writers.started == 1 and writers.batches == [["a", "b"]]
+            outbox.put_nowait("c")  # while the writer sends
+            sending.unpark_all()
+            await trio.testing.wait_all_tasks_blocked()
+            assert writers.started == 1 and writers.batches == [["a", "b"], ["c"]]
+            sending.unpark_all()
+            await trio.testing.wait_all_tasks_blocked()
+            assert writers.running == 0 and len(outbox) == 0  # ended: nothing to write
+            assert outbox.statistics().sent == 3
+            outbox.put_nowait("d")
+            await trio.testing.wait_all_tasks_blocked()
+            assert writers.started == 2 and writers.batches[-1] == ["d"]
+            sending.unpark_all()
+            await trio.testing.wait_all_tasks_blocked()
+            assert writers.running == 0
+
+
+async def test_a_sender_waiting_for_room_starts_the_writer_for_quiet_frames() -> None:
+    """Frames queued with ``wake=False`` fill the queue; a sender that must wait for
+    room then starts the writer itself, or it would wait forever."""
+    outbox = Outbox(2, "wait")
+    done: list[str] = []
+
+    async def sender() -> None:
+        assert await outbox.put("c")
+        done.append("c")
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
+            writers = Writers(outbox, nursery)
+            outbox.put_nowait("a", wake=False)
+            outbox.put_nowait("b", wake=False)
             await trio.testing.wait_all_tasks_blocked()
+            assert writers.started == 0
+            nursery.start_soon(sender)
+            await trio.testing.wait_all_tasks_blocked()
+            # (The first writer ended with the queue empty, before "c" came.)
+            assert done == ["c"] and writers.batches == [["a", "b"], ["c"]]
+            assert writers.running == 0
+
+
+async def test_put_writes_in_place_outside_a_burst_and_not_within_one() -> None:
+    """``put`` calls ``flush`` (the connection's write-it-now) when no burst runs;
+    in the reader's burst it neither flushes nor starts the writer: the reader
+    writes the burst's frames once at its end."""
+    outbox = Outbox(8, "wait")
+    async with trio.open_nursery() as nursery:
+        writers = Writers(outbox, nursery)
+        flushed = writers.flushed
+        assert await outbox.put("a")
+        assert flushed == [["a"]]
+        outbox.burst_task = trio.lowlevel.current_task()
+        assert await outbox.put("b") and await outbox.put("c")
+        await trio.testing.wait_all_tasks_blocked()
+        assert flushed == [["a"]] and writers.started == 0 and len(outbox) == 2
+        outbox.burst_task = None
+        writers.flush_nowait()
+        assert flushed == [["a"], ["b", "c"]]
+
+
+async def test_the_writer_is_started_as_asked() -> None:
+    """``put_nowait(wake=False)`` starts no writer until ``notify_writer``;
+    ``wake_writer`` starts one even with nothing queued (to finish a write someone
+    else started); ``close`` starts one for the close handshake."""
+    outbox = Outbox(4, "wait")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            writers = Writers(outbox, nursery)
             outbox.put_nowait("quiet", FrameKind.TERMINAL, wake=False)
             await trio.testing.wait_all_tasks_blocked()
-            assert batches == []
+            assert writers.batches == [] and writers.started == 0
             outbox.notify_writer()
             await trio.testing.wait_all_tasks_blocked()
-            assert batches == [["quiet"]]
+            assert writers.batches == [["quiet"]]
             outbox.notify_writer()  # nothing queued: nothing to do
+            await trio.testing.wait_all_tasks_blocked()
+            assert writers.started == 1
             outbox.wake_writer()
             await trio.testing.wait_all_tasks_blocked()
-            assert batches == [["quiet"], []]
+            assert writers.batches == [["quiet"], []] and writers.started == 2
             outbox.close()
-    assert batches == [["quiet"], [], []]
+    assert writers.batches == [["quiet"], [], []] and writers.started == 3
 
 
 async def test_frames_written_in_the_writers_place_while_it_settles_are_not_taken_again() -> None:
-    """The writer, woken for frames, waits in ``settle``; meanwhile someone writes
-    them in its place (the hub's flush). Written whole: the writer waits again, it
-    sends no empty batch. Written in part: it returns ``[]`` to finish that write,
-    or, if more frames came, takes them too; the unfinished batch counts until the
+    """The writer, started for frames, waits in ``settle``; meanwhile someone writes
+    them in its place (the hub's flush). Written whole: the writer ends, it sends
+    no empty batch. Written in part: it returns ``[]`` to finish that write, or, if
+    more frames came, takes them too; the unfinished batch counts until the
     writer's send is done."""
     outbox = Outbox(8, "wait")
     settling = trio.lowlevel.ParkingLot()
     sending = trio.lowlevel.ParkingLot()
-    batches: list[list[str]] = []
 
     async def settle() -> None:
         await settling.park()
-
-    async def writer() -> None:
-        while True:
-            batch = await outbox.get_batch(settle)
-            batches.append(batch)
-            if not batch and outbox.closed:
-                return
-            await sending.park()  # the transport's send
 
     async def step() -> None:
         await trio.testing.wait_all_tasks_blocked()
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
-            await step()
+            writers = Writers(outbox, nursery, sending.park, settle)
+            batches = writers.batches
             outbox.put_nowait("a")
             await step()  # the writer is in settle
             assert outbox.take_nowait() == ["a"]
             outbox.written()  # written whole
             settling.unpark_all()
             await step()
-            assert batches == []  # waiting again
+            assert batches == [] and writers.running == 0  # nothing left: ended
             outbox.put_nowait("b")
             await step()
             assert outbox.take_nowait() == ["b"]

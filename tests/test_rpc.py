@@ -300,15 +300,17 @@ async def test_rpcs_run_concurrently_each_in_own_task_and_scope(
     router: Router[Conn], autojump_clock: trio.testing.MockClock
 ) -> None:
     """RPC "a" waits for something only RPC "b" does: sequential dispatch would hang.
-    Both run as children of the connection's nursery, where its reader (which runs
-    event handlers) is a child too."""
+    Both run within the connection's nursery: "a" in the connection's own task (its
+    reader, which runs what it reads until it blocks), which then leaves reading
+    to a new task of that nursery, where "b" runs; event handlers run in whichever
+    task reads."""
     b_started = trio.Event()
     seen: dict[str, tuple[trio.lowlevel.Task, trio.CancelScope, trio.Nursery | None]] = {}
-    readers: list[trio.Nursery | None] = []
+    readers: list[trio.lowlevel.Task] = []
 
     @router.on(PING)
     async def ping(ctx: Context[Ping, Conn]) -> None:
-        readers.append(trio.lowlevel.current_task().parent_nursery)
+        readers.append(trio.lowlevel.current_task())
         await ctx.send(PONG, Pong(ctx.payload.text))
 
     @router.rpc(ECHO)
@@ -329,14 +331,20 @@ async def test_rpcs_run_concurrently_each_in_own_task_and_scope(
             first, second = await client.receive(), await client.receive()
             assert (first.correlation_id, second.correlation_id) == ("b", "a")
             await barrier(client)
+            conn_nursery = client.connection._nursery
             other = await app.connect()
             await barrier(other)
-    task_a, scope_a, parent_a = seen["a"]
+            other_nursery = other.connection._nursery
+    task_a, scope_a, _ = seen["a"]
     task_b, scope_b, parent_b = seen["b"]
     assert task_a is not task_b
     assert scope_a is not scope_b
-    conn_nursery, other_nursery = readers
-    assert parent_a is parent_b is conn_nursery is not None
+    assert conn_nursery is not None and other_nursery is not None
+    assert task_a is conn_nursery.parent_task
+    assert parent_b is conn_nursery
+    reader, other_reader = readers
+    assert reader is task_b  # the reader that took over
+    assert other_reader is other_nursery.parent_task
     assert other_nursery is not conn_nursery  # one nursery per connection
 
 
@@ -398,7 +406,9 @@ async def test_an_rpc_that_never_waits_costs_no_task_and_one_that_waits_keeps_it
     new_reader = tasks["ping"][1]
     assert new_reader is not reader
     assert tasks["after"] == [new_reader]
-    assert new_reader.parent_nursery is reader.parent_nursery
+    # The first reader is the connection's own task; the new one, a task of its nursery.
+    assert new_reader.parent_nursery is not None
+    assert new_reader.parent_nursery.parent_task is reader
 
 
 async def test_a_reply_queued_before_the_handler_waits_goes_out_at_once(

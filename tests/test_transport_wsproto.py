@@ -8,9 +8,14 @@ exactly what goes on the wire.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import os
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,7 +43,9 @@ from wskit_trio import (
     serve,
 )
 from wskit_trio._errors import ConnectionClosed, MessageTooBig
-from wskit_trio._transport._wsproto import WsprotoTransport
+from wskit_trio._transport import Headers
+from wskit_trio._transport._http import RequestHead
+from wskit_trio._transport._wsproto import RECEIVE_SIZE, WsprotoTransport
 
 TIMEOUT = 10
 
@@ -215,6 +222,21 @@ async def test_authenticate_sees_the_whole_request() -> None:
     assert request.header("x-trace") == "42"
     assert request.subprotocols == ("bearer.abc",)
     assert request.remote is not None and request.remote.startswith("127.0.0.1:")
+
+
+async def test_an_open_connection_keeps_nothing_of_the_request_head() -> None:
+    """Once the 101 is out, the head (its raw bytes, the key) is let go: a connection
+    keeps its request, whose headers are one string (``Headers``)."""
+    with trio.fail_after(TIMEOUT):
+        async with running(echo_router()) as server:
+            client, _ = await Client.connect(server, headers=[(b"X-Trace", b"42")])
+            await client.send(ev.TextMessage(PING_FRAME % "hi"))
+            assert '"reply":"hi"' in await client.text()
+            gc.collect()
+            assert not [obj for obj in gc.get_objects() if isinstance(obj, RequestHead)]
+            (conn,) = server.connections
+            headers = conn.transport.request.headers
+            assert isinstance(headers, Headers) and headers.get("x-trace") == "42"
 
 
 @pytest.mark.parametrize(
@@ -577,6 +599,167 @@ async def test_binary_frames_holding_json_are_messages_too() -> None:
             await client.send(ev.BytesMessage(data[:10], message_finished=False))
             await client.send(ev.BytesMessage(data[10:]))
             assert '"reply":"bin"' in await client.text()
+
+
+# -- reading a plain socket directly ---------------------------------------------------
+
+
+@asynccontextmanager
+async def plain_socket(
+    receive_buffer: int | None = None,
+) -> AsyncIterator[tuple[WsprotoTransport, trio.SocketStream]]:
+    """A transport on a TCP socket (read with ``os.read``, not ``receive_some``) and
+    its peer's stream, which the tests write to; both closed at the end."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    if receive_buffer is not None:  # (set before connecting: it sets the TCP window)
+        listeners[0].socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    port = listeners[0].socket.getsockname()[1]
+    peer = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await listeners[0].accept()
+    await listeners[0].aclose()
+    assert isinstance(stream, trio.SocketStream)
+    transport = WsprotoTransport(stream, UpgradeRequest(), 1 << 20, close_timeout=1)
+    try:
+        yield transport, peer
+    finally:
+        await peer.aclose()
+        await stream.aclose()
+
+
+def text_frame(text: str) -> bytes:
+    return wsproto.connection.Connection(wsproto.ConnectionType.CLIENT).send(ev.TextMessage(text))
+
+
+async def test_a_plain_socket_is_read_directly_until_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def not_this_way(self: trio.SocketStream, max_bytes: int | None = None) -> bytes:
+        raise AssertionError("a plain socket is read with os.read")
+
+    with trio.fail_after(TIMEOUT):
+        async with plain_socket() as (transport, peer):
+            monkeypatch.setattr(trio.SocketStream, "receive_some", not_this_way)
+            await peer.send_all(text_frame("one") + text_frame("two"))
+            assert await transport.receive() == "one"
+            assert await transport.receive() == "two"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.send_all, text_frame("three"))
+                assert await transport.receive() == "three"  # (waited for it)
+            await peer.send_eof()
+            with pytest.raises(ConnectionClosed) as ended:
+                await transport.receive()
+            assert ended.value.code == 1006
+
+
+async def test_a_reset_ends_a_plain_socket_with_1006() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with plain_socket() as (transport, peer):
+            await peer.send_all(text_frame("hello"))
+            assert await transport.receive() == "hello"
+            # Closing with SO_LINGER 0 sends a reset, not a FIN: read() fails.
+            peer.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.socket.close()
+            with pytest.raises(ConnectionClosed) as ended:
+                await transport.receive()
+            assert ended.value.code == 1006
+
+
+async def test_receiving_is_a_cancel_point_even_with_data_waiting() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with plain_socket() as (transport, peer):
+            await peer.send_all(text_frame("kept"))
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await transport.receive()
+            assert scope.cancelled_caught
+            assert await transport.receive() == "kept"  # nothing read was lost
+
+
+async def test_a_socket_closed_under_a_waiting_reader_ends_it(
+    net_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with plain_socket() as (transport, _):
+            ended: list[int] = []
+
+            async def reader() -> None:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await transport.receive()
+                ended.append(closed.value.code)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                # The peer never answers the close frame: after a while, TCP is closed
+                # under the reader still waiting in receive.
+                with trio.move_on_after(1):
+                    await transport.close()
+            assert ended == [1006]
+
+
+async def test_a_stream_closed_behind_the_transport_is_not_read_through_its_old_number() -> None:
+    """The file descriptor is asked for at each read: once the stream is closed, its
+    number soon belongs to another socket, which must not be read."""
+    with trio.fail_after(TIMEOUT):
+        async with plain_socket() as (transport, _), plain_socket() as (other, other_peer):
+            stream = transport._stream
+            assert isinstance(stream, trio.SocketStream)
+            number = stream.socket.fileno()
+            await stream.aclose()
+            other_stream = other._stream
+            assert isinstance(other_stream, trio.SocketStream)
+            os.dup2(other_stream.socket.fileno(), number)  # the number, reused
+            try:
+                await other_peer.send_all(text_frame("not yours"))
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(ConnectionClosed) as ended:
+                    await transport.receive()
+                assert ended.value.code == 1006
+                assert await other.receive() == "not yours"
+            finally:
+                os.close(number)
+
+
+async def test_a_peer_that_floods_does_not_starve_another_connection() -> None:
+    """Data there at once is read at once, but each read is a schedule point all the
+    same: another connection gets its message while a flood is still being read."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            plain_socket(receive_buffer=4 << 20) as (flooded, flooder),
+            plain_socket() as (other, other_peer),
+        ):
+            # About a megabyte of messages, there before anything reads (the socket
+            # buffer holds it): some 16 reads of RECEIVE_SIZE, none of them waiting.
+            frame = text_frame("x" * 1000)
+            written = 0
+            with contextlib.suppress(BlockingIOError):
+                while written < 1 << 20:
+                    written += os.write(flooder.socket.fileno(), frame * 64)
+            whole = written // len(frame)
+            assert whole * len(frame) > 8 * RECEIVE_SIZE
+            taken = 0
+            taken_when_other_got_its: list[int] = []
+
+            async def read_flood() -> None:
+                nonlocal taken
+                for _ in range(whole):
+                    await flooded.receive()
+                    taken += 1
+                    if taken == 1:
+                        # The other connection's message arrives during the flood.
+                        os.write(other_peer.socket.fileno(), text_frame("hi"))
+
+            async def read_other() -> None:
+                assert await other.receive() == "hi"
+                taken_when_other_got_its.append(taken)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_other)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(read_flood)
+            assert taken == whole
+            assert taken_when_other_got_its[0] < whole // 2
 
 
 # -- TLS ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from wskit_trio._transport._wsframes import (
     OP_CONTINUATION,
+    OP_PING,
     OP_TEXT,
     Close,
     FrameError,
@@ -201,6 +202,23 @@ def test_a_big_frame_arriving_in_pieces_is_not_copied_over_and_over() -> None:
     for i in range(0, len(wire), 65536):
         reader.feed(wire[i : i + 65536])
     assert list(reader.messages) == [payload]
+
+
+def test_an_idle_reader_holds_no_buffers() -> None:
+    """Most connections are idle: the message list and the buffers for a frame or a
+    message in pieces exist only while there is something in them."""
+    reader = FrameReader(LIMIT)
+    assert (reader.messages, reader._buffer, reader._fragments) == ((), b"", b"")
+    frame = masked(OP_TEXT, b"hello")
+    reader.feed(frame[:3])
+    assert reader._buffer == frame[:3]
+    reader.feed(frame[3:] + masked(OP_TEXT, b"wor", fin=False))
+    assert reader._fragments == b"wor" and reader._buffer == b""
+    reader.feed(masked(OP_CONTINUATION, b"ld"))
+    assert [reader.take(), reader.take(), reader.take()] == ["hello", "world", None]
+    assert (reader.messages, reader._buffer, reader._fragments) == ((), b"", b"")
+    assert reader.feed(masked(OP_PING, b"p")) == [WsPing(b"p")]  # control frames only
+    assert reader.messages == () and reader.pending() == 0
 
 
 # -- writing ------------------------------------------------------------------------------

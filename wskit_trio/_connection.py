@@ -7,13 +7,18 @@ slow handler slows only its own client (TCP back-pressure). Each RPC runs in its
 own cancel scope, in a task of the connection's nursery: the reader runs it
 until it first blocks (most reply and return before, and need no task of their
 own), and when it blocks, the reader's task stays with it and a new task takes
-over reading. Every frame goes out through the bounded :class:`Outbox` and one
-writer task; when the reader is done with what it has received and the writer
-is waiting, the reader writes the answers itself, if the socket takes them at
-once (``flush_nowait``); the pub/sub hub does the same for the deliveries it
-queues. Heartbeat pings run in short-lived tasks of the nursery, started by
-the server's one schedule (``_heartbeat``). When the connection ends, the
-nursery is cancelled, so nothing of it outlives it; ``on_close`` hooks run last.
+over reading. Every frame goes out through the bounded :class:`Outbox`, one
+writer at a time: whoever queued a frame writes it at once if the socket takes
+it and nobody else is writing (``flush_nowait``; the reader does so once done
+with what it has received, the pub/sub hub once done with a delivery burst),
+else a writer task is started, which ends when the queue is empty. Heartbeat
+pings run in short-lived tasks of the nursery, started by the server's one
+schedule (``_heartbeat``).
+
+So an idle connection is one task: the one that runs :meth:`Connection.run`,
+which reads in the nursery's body (a new reader task takes over only when an
+RPC it runs blocks). When the connection ends, the nursery is cancelled, so
+nothing of it outlives it; ``on_close`` hooks run last.
 """
 
 from __future__ import annotations
@@ -65,6 +70,32 @@ def _internal(exc: BaseException) -> WsKitError:
 class Connection(Generic[D]):
     """The runtime of one accepted WebSocket. Create, then ``await run()``."""
 
+    # (Slots: a server holds thousands of these, most of them idle.)
+    __slots__ = (
+        "__weakref__",  # (tests and apps may hold one without keeping it alive)
+        "_beat",
+        "_client_id",
+        "_close_code",
+        "_close_reason",
+        "_finished",
+        "_finished_event",
+        "_heartbeats",
+        "_nursery",
+        "_outbox",
+        "_reader",
+        "_rpcs",
+        "_rpcs_idle",
+        "closed",
+        "context",
+        "data",
+        "heartbeat",
+        "limits",
+        "pubsub",
+        "router",
+        "session",
+        "transport",
+    )
+
     def __init__(
         self,
         router: CompiledRouter[D],
@@ -84,7 +115,7 @@ class Connection(Generic[D]):
         self._heartbeats = heartbeats
         self._beat: Beat | None = None
         self.pubsub = pubsub
-        self.client_id = str(uuid.uuid4())
+        self._client_id: str | None = None
         self.session: ServerSession[Route] = ServerSession(
             router.routes,
             max_in_flight_rpcs=limits.max_in_flight_rpcs,
@@ -102,14 +133,23 @@ class Connection(Generic[D]):
         self._nursery: trio.Nursery | None = None
         #: The task reading and dispatching messages (``None`` while a new one starts).
         self._reader: trio.lowlevel.Task | None = None
-        #: Set once ``run`` has returned (every task ended, ``on_close`` ran).
-        self._finished = trio.Event()
+        #: Set once ``run`` has returned (every task ended, ``on_close`` ran), and the
+        #: event for those waiting for that (made when someone first waits).
+        self._finished = False
+        self._finished_event: trio.Event | None = None
         self._close_code = 1000
         self._close_reason = ""
         #: How the connection ended, once it has: (code, reason).
         self.closed: tuple[int, str] | None = None
 
     # -- the handle contexts and the hub use ---------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        """A random id, made when first asked for (most idle connections never are)."""
+        if self._client_id is None:
+            self._client_id = str(uuid.uuid4())
+        return self._client_id
 
     @property
     def request(self) -> UpgradeRequest:
@@ -143,7 +183,7 @@ class Connection(Generic[D]):
         self._close_code, self._close_reason = code, reason
         self._outbox.close(discard=True)
         self._cancel_rpcs()
-        if self._nursery is not None and not self._finished.is_set():
+        if self._nursery is not None and not self._finished:
             with contextlib.suppress(RuntimeError):  # the nursery is already closing
                 self._nursery.start_soon(self._cut_off_after_close_timeout)
         return True
@@ -160,22 +200,24 @@ class Connection(Generic[D]):
                 self.router.observer.connection_opened(self)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._write_loop)
-                # The slow-consumer handling starts when the queue overflows (a task
-                # per connection waiting for it would cost memory on idle ones).
-                self._outbox.on_overflow = self._start_overflow
-                if self._outbox.overflowed.is_set():
-                    self._start_overflow()
+                # No task waits for what may never come (frames to write, an
+                # overflow): each costs memory on every idle connection. The outbox
+                # starts the writer when frames wait, and the slow-consumer handling
+                # when the queue overflows.
+                outbox = self._outbox
+                outbox.owner = self
+                if outbox.overflowed:
+                    self.outbox_overflowed()
                 if await self._open():
-                    nursery.start_soon(self._read_loop)
                     if self.heartbeat is not None:
                         beats = self._heartbeats
                         if beats is not None and beats.running:
                             # No task while idle: the server's schedule starts each ping.
-                            self._beat = Beat(self._ping_soon)
+                            self._beat = Beat(self)
                             beats.add(self._beat)
                         else:
                             nursery.start_soon(self._heartbeat_loop, self.heartbeat)
+                    await self._read_loop()
         except Exception:
             self._close_code, self._close_reason = 1011, "Internal error"
             raise
@@ -189,9 +231,12 @@ class Connection(Generic[D]):
             raise
         finally:
             if self._beat is not None:
-                self._beat.ping = None  # (the schedule drops it when it comes up)
-            # Frames nobody will send are freed now, not whenever the cyclic GC runs.
-            self._outbox.close(discard=True)
+                self._beat.conn = None  # (the schedule drops it when it comes up)
+            # Frames nobody will send are freed now, not whenever the cyclic GC runs;
+            # so is the connection (the outbox's hooks refer back to it).
+            outbox = self._outbox
+            outbox.close(discard=True)
+            outbox.owner = None
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self.limits.close_timeout):
                     await self.transport.close(self._close_code, self._close_reason)
@@ -202,7 +247,17 @@ class Connection(Generic[D]):
                 if self.router.observer is not None:
                     self.router.observer.connection_closed(self)
                 await self._run_close_hooks()
-            self._finished.set()
+            self._finished = True
+            if self._finished_event is not None:
+                self._finished_event.set()
+
+    async def _wait_finished(self) -> None:
+        if self._finished:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._finished_event is None:
+            self._finished_event = trio.Event()
+        await self._finished_event.wait()
 
     def close_soon(self, code: int = 1000, reason: str = "") -> None:
         """Close after the frames already queued are sent; no new frames are accepted.
@@ -212,7 +267,7 @@ class Connection(Generic[D]):
         if not self._outbox.closed:
             self._close_code, self._close_reason = code, reason
             self._outbox.close()
-            if self._nursery is not None and not self._finished.is_set():
+            if self._nursery is not None and not self._finished:
                 # A nursery already closing refuses the task: nothing left to bound.
                 with contextlib.suppress(RuntimeError):
                     self._nursery.start_soon(self._cut_off_after_close_timeout)
@@ -225,9 +280,9 @@ class Connection(Generic[D]):
         """Close now: queued frames are discarded and every task of the connection
         is cancelled."""
         self._close_code, self._close_reason = code, reason
-        self._outbox.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+        self._outbox.close()  # (after the cancel: no writer is started for it)
 
     async def shutdown(self, grace: float) -> None:
         """Graceful stop; returns once the connection has ended.
@@ -249,9 +304,9 @@ class Connection(Generic[D]):
         if self._nursery is None:
             return  # never ran
         with trio.move_on_after(self.limits.close_timeout):
-            await self._finished.wait()
+            await self._wait_finished()
         self.abort(1001, "server shutting down")
-        await self._finished.wait()
+        await self._wait_finished()
 
     def _cancel_rpcs(self) -> None:
         """Cancel every RPC handler and send nothing more for any of them: the close
@@ -284,16 +339,33 @@ class Connection(Generic[D]):
 
     # -- tasks --------------------------------------------------------------------
 
+    def start_writer(self) -> None:
+        """The outbox has frames to write and nobody writing them: a writer task."""
+        nursery = self._nursery
+        if nursery is not None and not nursery.cancel_scope.cancel_called:
+            # RuntimeError: the connection has just ended, nothing left to write.
+            with contextlib.suppress(RuntimeError):
+                nursery.start_soon(self._write_loop)
+
     async def _write_loop(self) -> None:
+        """Write until the queue is empty (then end: the outbox starts a writer again
+        when frames wait), or until the outbox is closed and drained (then the close
+        handshake, and the connection ends)."""
         assert self._nursery is not None
         outbox = self._outbox
+        transport = self.transport
         try:
             while True:
-                batch = await outbox.get_batch(self.transport.settle)
+                # A transport that only the writer writes to (TLS, ASGI) keeps it.
+                linger = not transport.can_send_nowait()
+                batch = await outbox.get_batch(transport.settle, linger=linger)
+                if batch is None:
+                    return
                 if not batch and outbox.closed:
                     break
                 # (Empty when woken to finish a write begun in its place: ``flush_nowait``.)
-                await self.transport.send(batch)
+                await transport.send(batch)
+                outbox.written()
                 if batch and self.router.observer is not None:
                     self.router.observer.frames_out(batch)
         except ConnectionClosed as exc:
@@ -314,21 +386,21 @@ class Connection(Generic[D]):
         # A transport that reads many messages at once says how many it still holds:
         # while it does, the frames their handlers queue skip the schedule point each
         # (``Outbox.burst_task``); the reader yields when it next reads the socket.
-        pending = self.transport.pending
+        transport = self.transport
+        outbox = self._outbox
         me = self._reader = trio.lowlevel.current_task()
         try:
             while True:
-                data = await self.transport.receive()
-                self._outbox.burst_task = me if pending() else None
+                data = await transport.receive()
+                outbox.burst_task = me if transport.pending() else None
                 await self.dispatch(data)
                 if self._reader is not me:
                     # An RPC run here blocked, and this task stayed with it while a
                     # new one took over reading (``_hand_over``): it is done now.
                     return
-                if not pending():
+                if not transport.pending():
+                    # The answers to all that was received go out in one write.
                     self.flush_nowait()
-                else:
-                    self._outbox.notify_writer()
         except MessageTooBig:
             await self._message_too_big()
             return
@@ -378,14 +450,13 @@ class Connection(Generic[D]):
         # connection; close_soon bounds that by close_timeout.
         self.close_soon(1009, "Message too big")
 
-    def _start_overflow(self) -> None:
+    def outbox_overflowed(self) -> None:
         if self._nursery is not None and not self._nursery.cancel_scope.cancel_called:
             # RuntimeError: the connection has just ended, nothing left to do.
             with contextlib.suppress(RuntimeError):
-                self._nursery.start_soon(self._watch_overflow)
+                self._nursery.start_soon(self._on_overflow)
 
-    async def _watch_overflow(self) -> None:
-        await self._outbox.overflowed.wait()
+    async def _on_overflow(self) -> None:
         await self.router.report(
             WsKitError(ErrorCode.RESOURCE_EXHAUSTED, "Outbound queue full"), self.context
         )
@@ -400,17 +471,17 @@ class Connection(Generic[D]):
             if not await self._ping(heartbeat):
                 return
 
-    def _ping_soon(self) -> None:
+    def ping_due(self) -> None:
         """The server's schedule says a ping is due: ping from a short-lived task of
         this connection's nursery, which puts it back in the schedule if all is well."""
-        if self._nursery is not None and not self._finished.is_set():
+        if self._nursery is not None and not self._finished:
             with contextlib.suppress(RuntimeError):  # the nursery is closing
                 self._nursery.start_soon(self._ping_and_reschedule)
 
     async def _ping_and_reschedule(self) -> None:
         assert self.heartbeat is not None and self._heartbeats is not None
         beat = self._beat
-        if await self._ping(self.heartbeat) and beat is not None and beat.ping is not None:
+        if await self._ping(self.heartbeat) and beat is not None and beat.conn is not None:
             self._heartbeats.add(beat)
 
     async def _ping(self, heartbeat: Heartbeat) -> bool:
@@ -447,8 +518,13 @@ class Connection(Generic[D]):
             )
             observer.frame_in(action.type, routed)
         if isinstance(action, RunEvent):
-            await self._run_event(
-                action.route, Context(self, action.type, action.payload, action.meta)
+            event: Context[Any, D] = Context(self, action.type, action.payload, action.meta)
+            # Until it blocks, its frames wait for the reader's one write at the end
+            # of the burst; once it blocks, they go now (``_event_blocked``).
+            await run_until_blocked(
+                self._run_event(action.route, event),
+                contextvars.copy_context(),
+                self._event_blocked,
             )
         elif isinstance(action, StartRpc):
             await self._start_rpc(action)
@@ -490,6 +566,12 @@ class Connection(Generic[D]):
         await run_until_blocked(
             self._run_rpc(start.route, ctx), contextvars.copy_context(), self._hand_over
         )
+
+    def _event_blocked(self) -> None:
+        """The event handler the reader runs is about to block: what it has queued goes
+        out now, not once it is done, and so does what it sends from now on."""
+        self._outbox.burst_task = None
+        self._outbox.notify_writer()
 
     def _hand_over(self) -> None:
         """The RPC handler the reader runs is about to block: the RPC keeps this task

@@ -72,7 +72,9 @@ class Subscriptions(Protocol):
 class ConnectionHandle(Protocol):
     """One live connection, as contexts and the pub/sub hub use it."""
 
-    client_id: str
+    @property
+    def client_id(self) -> str: ...
+
     #: The app's connection data (``authenticate``'s result, as changed since).
     data: Any
 

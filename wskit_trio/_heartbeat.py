@@ -12,21 +12,29 @@ in at the back, ``interval`` seconds from now.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
-__all__ = ["Beat", "Heartbeats"]
+__all__ = ["Beat", "Heartbeats", "Pinged"]
+
+
+class Pinged(Protocol):
+    def ping_due(self) -> None:
+        """Its ping is due: start it (and :meth:`Heartbeats.add` its beat again)."""
 
 
 class Beat:
-    """One connection's place in the queue: ``ping`` starts its ping (``None`` once
-    the connection has closed: the queue then drops it when it comes up)."""
+    """One connection's place in the queue, and when it is due. ``conn`` is ``None``
+    once the connection has closed: the queue drops it when it comes up, and the
+    connection is not held until then."""
 
-    __slots__ = ("ping",)
+    # (One per connection: a small object, no tuple around it, no bound method.)
+    __slots__ = ("conn", "due")
 
-    def __init__(self, ping: Callable[[], None]) -> None:
-        self.ping: Callable[[], None] | None = ping
+    def __init__(self, conn: Pinged) -> None:
+        self.conn: Pinged | None = conn
+        self.due = 0.0
 
 
 class Heartbeats:
@@ -34,14 +42,15 @@ class Heartbeats:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._due: deque[tuple[float, Beat]] = deque()
+        self._due: deque[Beat] = deque()
         self._idle = trio.lowlevel.ParkingLot()
         #: Whether :meth:`run` runs: only then may connections rely on it.
         self.running = False
 
     def add(self, beat: Beat) -> None:
         """Ping ``beat`` ``interval`` seconds from now."""
-        self._due.append((trio.current_time() + self.interval, beat))
+        beat.due = trio.current_time() + self.interval
+        self._due.append(beat)
         if self._idle:
             self._idle.unpark()
 
@@ -56,12 +65,12 @@ class Heartbeats:
                     await self._idle.park()
                     continue
                 # Nothing added meanwhile can be due before the head.
-                await trio.sleep_until(due[0][0])
+                await trio.sleep_until(due[0].due)
                 now = trio.current_time()
-                while due and due[0][0] <= now:
-                    ping = due.popleft()[1].ping
-                    if ping is not None:
-                        ping()
+                while due and due[0].due <= now:
+                    conn = due.popleft().conn
+                    if conn is not None:
+                        conn.ping_due()
         finally:
             self.running = False
             due.clear()

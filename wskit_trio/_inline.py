@@ -11,7 +11,8 @@ where trio needs it to: its cancel scope was entered there, and whatever it park
 on (a parking lot, an I/O wait) has recorded that task.
 
 The handler runs in a context of its own (a copy of the current one), as it would
-in a task of its own: context variables it sets do not leak into the reader.
+in a task of its own: context variables it sets do not leak into the reader. (The
+reader runs event handlers this way too, for ``on_block``: see ``_connection``.)
 """
 
 from __future__ import annotations
@@ -64,3 +65,9 @@ def run_until_blocked(
                 yielded = context.run(coro.send, sent)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
+            finally:
+                # What trio sent (an ``Error(Cancelled)``, say) must not stay in this
+                # frame: an exception raised from it would hold this frame in its
+                # traceback, a cycle that keeps the handler's locals alive until the
+                # cyclic collector runs.
+                del sent

@@ -1,7 +1,7 @@
 """The bounded per-connection outbound queue and its full-queue policies.
 
 Every frame a connection sends goes through one :class:`Outbox` to one writer
-task, so frames keep their order and a slow client costs at most ``capacity``
+at a time, so frames keep their order and a slow client costs at most ``capacity``
 frames and about ``capacity_bytes`` characters of memory (the frame that crosses
 that line is still taken, so a single large frame always fits): frames the
 writer has taken count until the transport has taken them all. What happens
@@ -20,18 +20,24 @@ reply cannot be lost to a deadline that expires while it waits for room. The
 connection admits a new RPC (and queues its refusals) only after
 :meth:`Outbox.wait_room`, so the queue never holds more than ``capacity`` plus
 one terminal frame per RPC in flight, whatever the client does.
+
+The writer is a task only while there is something to write: the outbox starts
+it (``OutboxOwner.start_writer``) when frames wait and nobody is writing, and
+it ends when the queue is empty. Most frames never need it: the connection's reader and the
+pub/sub hub write what they queued themselves, at once, when the socket takes
+it (:meth:`Outbox.take_nowait`). So an idle connection holds no writer task.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 import attrs
 import trio
 
-__all__ = ["FrameKind", "Outbox", "OutboxStatistics", "QueuePolicy"]
+__all__ = ["FrameKind", "Outbox", "OutboxOwner", "OutboxStatistics", "QueuePolicy"]
 
 QueuePolicy: TypeAlias = Literal["wait", "drop_oldest", "close"]
 
@@ -40,6 +46,21 @@ class FrameKind(enum.IntEnum):
     PROGRESS = 0  # dropped first
     PLAIN = 1
     TERMINAL = 2  # never dropped
+
+
+class OutboxOwner(Protocol):
+    """Who writes what an :class:`Outbox` holds (the connection)."""
+
+    def start_writer(self) -> None:
+        """Start a writer task, which calls :meth:`Outbox.get_batch` (and
+        :meth:`Outbox.written` after each write) until it returns ``None``."""
+
+    def flush_nowait(self) -> None:
+        """Write what is queued from the calling task if the socket takes it at once
+        (:meth:`Outbox.take_nowait`), else see that the writer does."""
+
+    def outbox_overflowed(self) -> None:
+        """The ``"close"`` policy fired (said once): close the slow client."""
 
 
 @attrs.frozen
@@ -61,6 +82,28 @@ class OutboxStatistics:
 class Outbox:
     """A FIFO of encoded frames with a capacity and a full-queue policy."""
 
+    __slots__ = (
+        "_bytes",
+        "_closed",
+        "_frames",
+        "_idle",
+        "_wake",
+        "_writable",
+        "_writer",
+        "_writing",
+        "_writing_bytes",
+        "burst_task",
+        "capacity",
+        "capacity_bytes",
+        "dropped",
+        "high_water",
+        "high_water_bytes",
+        "overflowed",
+        "owner",
+        "policy",
+        "sent",
+    )
+
     def __init__(
         self, capacity: int, policy: QueuePolicy = "wait", capacity_bytes: int = 8 << 20
     ) -> None:
@@ -79,22 +122,29 @@ class Outbox:
         #: Characters held: queued frames and the writer's batch (``_writing_bytes``).
         self._bytes = 0
         self._writing_bytes = 0
-        self._readable = trio.lowlevel.ParkingLot()
-        self._writable = trio.lowlevel.ParkingLot()
+        #: Senders waiting for room (made when one first has to: most never do).
+        self._writable: trio.lowlevel.ParkingLot | None = None
         self._closed = False
         #: Set when the "close" policy fired; the connection closes with 1008.
-        self.overflowed = trio.Event()
+        self.overflowed = False
         self.dropped = 0
         self.sent = 0
         self.high_water = 0
         self.high_water_bytes = 0
         #: Set by the connection's reader while it works through messages it has
-        #: already received: its own ``put`` calls then skip the schedule point
-        #: (the burst is bounded by one read; the reader yields when it reads again).
+        #: already received: its own ``put`` calls then neither wake the writer nor
+        #: yield (the burst is bounded by one read; the reader writes the answers
+        #: and yields when it next reads).
         self.burst_task: trio.lowlevel.Task | None = None
-        #: Called once when ``overflowed`` is first set (the connection starts its
-        #: slow-consumer handling then, rather than keep a task waiting for it).
-        self.on_overflow: Callable[[], None] | None = None
+        #: Who writes: the outbox starts its writer when frames wait and nobody writes
+        #: them; ``put`` has it write at once while no burst runs; it is told once
+        #: when ``overflowed`` is first set (rather than keep a task waiting for
+        #: that). The connection sets it; until then frames wait.
+        self.owner: OutboxOwner | None = None
+        #: A writer task runs (started, and its ``get_batch`` has not said ``None``).
+        self._writer = False
+        #: Where a lingering writer waits for frames (see ``get_batch``).
+        self._idle: trio.lowlevel.ParkingLot | None = None
         #: Set by :meth:`wake_writer`: ``get_batch`` returns, even with nothing queued.
         self._wake = False
 
@@ -156,14 +206,31 @@ class Outbox:
         held = len(frames) + self._writing
         if held > self.high_water:
             self.high_water = held
-        if wake and self._readable:  # the writer is waiting for frames
-            self._readable.unpark()
+        if wake:
+            self._need_writer()
         return True
 
+    def _need_writer(self) -> None:
+        if not self._writer:
+            if self.owner is not None:
+                self._writer = True
+                self.owner.start_writer()
+        elif self._idle:  # a lingering writer waits for frames (``get_batch``)
+            self._idle.unpark()
+
     def notify_writer(self) -> None:
-        """Wake the writer if frames are queued (see ``put_nowait(wake=False)``)."""
-        if self._frames and self._readable:
-            self._readable.unpark()
+        """Start the writer if frames are queued and nobody is writing them (see
+        ``put_nowait(wake=False)``)."""
+        if self._frames:
+            self._need_writer()
+
+    async def _wait_room(self) -> None:
+        """Park until the writer frees room (it is started first if frames wait for it:
+        a frame queued with ``wake=False`` must not leave the sender waiting forever)."""
+        self.notify_writer()
+        if self._writable is None:
+            self._writable = trio.lowlevel.ParkingLot()
+        await self._writable.park()
 
     async def put(self, frame: str, kind: FrameKind = FrameKind.PLAIN) -> bool:
         """Queue a frame, applying the policy when full. Returns ``False`` if dropped
@@ -171,19 +238,27 @@ class Outbox:
 
         Always a schedule point, so a handler sending in a loop lets the writer (and
         everyone else) run; except in the reader's burst (``burst_task``), which
-        yields once at its end instead of once per frame. A non-terminal frame is
-        also a cancel point before it is queued; a terminal frame, once asked for,
-        is queued whatever happens.
+        yields once at its end instead of once per frame, and writes the burst's
+        answers then. A non-terminal frame is also a cancel point before it is
+        queued; a terminal frame, once asked for, is queued whatever happens.
         """
         if kind is not FrameKind.TERMINAL:
             await trio.lowlevel.checkpoint_if_cancelled()
             if self.policy == "wait" and not self._closed and self._full():
                 while self._full() and not self._closed:
-                    await self._writable.park()
+                    await self._wait_room()
                 return self.put_nowait(frame, kind)
-        queued = self.put_nowait(frame, kind)
-        if self.burst_task is None or self.burst_task is not trio.lowlevel.current_task():
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        burst = self.burst_task
+        if burst is not None and burst is trio.lowlevel.current_task():
+            return self.put_nowait(frame, kind, wake=False)
+        if burst is None and self.owner is not None:
+            # Nobody is working through a burst: write it now from here if the
+            # socket takes it, rather than start a writer task for one write.
+            queued = self.put_nowait(frame, kind, wake=False)
+            self.owner.flush_nowait()
+        else:
+            queued = self.put_nowait(frame, kind)
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return queued
 
     def offer(self, frame: str, *, wake: bool = True) -> bool:
@@ -206,8 +281,8 @@ class Outbox:
             self.high_water_bytes = size
         if held >= self.high_water:
             self.high_water = held + 1
-        if wake and self._readable:  # the writer is waiting for frames
-            self._readable.unpark()
+        if wake:
+            self._need_writer()
         return True
 
     async def put_within(self, frame: str, patience: float) -> bool:
@@ -220,7 +295,7 @@ class Outbox:
             return False  # (under the other policies ``offer`` already decided)
         with trio.move_on_after(patience):
             while self._full() and not self._closed:
-                await self._writable.park()
+                await self._wait_room()
             return self.put_nowait(frame)
         return False
 
@@ -261,14 +336,14 @@ class Outbox:
                 return False
             if self.policy == "drop_oldest" and self._evict_one():
                 continue
-            await self._writable.park()
+            await self._wait_room()
         return not self._closed
 
     def _overflow(self) -> None:
-        if not self.overflowed.is_set():
-            self.overflowed.set()
-            if self.on_overflow is not None:
-                self.on_overflow()
+        if not self.overflowed:
+            self.overflowed = True
+            if self.owner is not None:
+                self.owner.outbox_overflowed()
 
     def _evict_one(self) -> bool:
         for wanted in (FrameKind.PROGRESS, FrameKind.PLAIN):
@@ -288,32 +363,44 @@ class Outbox:
                 return False
         return True
 
-    async def get_batch(self, settle: Callable[[], Awaitable[None]] | None = None) -> list[str]:
-        """Wait for at least one frame, then take every queued frame, in order.
+    async def get_batch(
+        self, settle: Callable[[], Awaitable[None]] | None = None, *, linger: bool = False
+    ) -> list[str] | None:
+        """The writer's next batch: every queued frame, in order; ``None`` when there is
+        nothing to write, and the writer ends (the owner is asked for another when
+        there is). With ``linger`` it waits for frames instead: for a transport that
+        only its writer can write to, a task started for each write would cost more
+        than one kept waiting.
 
-        The writer calls this again only once the transport has taken the previous
-        batch (its own, or one :meth:`take_nowait` gave someone else); until then
-        that batch still counts against ``capacity``. Returns ``[]`` once the outbox
-        is closed and drained, or when :meth:`wake_writer` asks the writer to finish a
-        write. ``settle``, when given, is awaited between the first frame arriving and
-        taking the batch: the transport may let the frames its reader is about to
-        produce join the same write.
+        The writer calls :meth:`written` once the transport has taken the batch, and
+        this again only then; until then that batch (and one :meth:`take_nowait`
+        gave someone else, left for the writer to finish) still counts against
+        ``capacity``. Returns ``[]`` once the outbox is closed and drained, or when
+        :meth:`wake_writer` asks the writer to finish a write. ``settle``, when given,
+        is awaited before taking frames: the transport may let the frames its
+        reader is about to produce join the same write.
         """
-        if self._writing:
-            self.written()
+        unsettled = settle is not None
         while True:
             if self._frames:
-                # Its write also finishes one begun in its place (the transport
-                # writes what that left first), whose frames still count: ``_take``.
+                if unsettled and settle is not None:
+                    unsettled = False
+                    await settle()
+                    continue  # (someone may have written them in the writer's place)
+                # Its write also finishes one begun in its place (the transport writes
+                # what that left first), whose frames still count: ``_take``.
                 self._wake = False
                 return self._take()
             if self._closed or self._wake:
                 self._wake = False
                 return []
-            await self._readable.park()
-            if settle is not None and self._frames:
-                # (Someone may write them in the writer's place meanwhile: look again.)
-                await settle()
+            if not linger:
+                self._writer = False
+                return None
+            if self._idle is None:
+                self._idle = trio.lowlevel.ParkingLot()
+            await self._idle.park()
+            unsettled = settle is not None
 
     def _take(self) -> list[str]:
         batch = [entry[0] for entry in self._frames]
@@ -344,9 +431,10 @@ class Outbox:
 
     def wake_writer(self) -> None:
         """Make the writer's ``get_batch`` return (``[]`` if nothing is queued), so that
-        it finishes a write someone else started (see :meth:`take_nowait`)."""
+        it finishes a write someone else started (see :meth:`take_nowait`); the
+        writer is started for it if none runs."""
         self._wake = True
-        self._readable.unpark_all()
+        self._need_writer()
 
     def close(self, *, discard: bool = False) -> None:
         """No more frames are accepted; the writer drains what is queued and stops.
@@ -356,5 +444,7 @@ class Outbox:
             self.dropped += len(self._frames)
             self._frames.clear()
             self._bytes = self._writing_bytes
-        self._readable.unpark_all()
-        self._writable.unpark_all()
+        # The writer drains what is left, then does the close handshake.
+        self._need_writer()
+        if self._writable:
+            self._writable.unpark_all()

@@ -8,6 +8,7 @@ grace period to finish their RPCs before they are closed with 1001, and
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import signal
@@ -16,8 +17,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from functools import partial
-from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, cast
 
 import attrs
 import trio
@@ -78,6 +78,15 @@ _TRANSPORTS: tuple[TransportName, ...] = ("wsproto", "trio-websocket")
 OpenTransport: TypeAlias = Callable[..., AbstractAsyncContextManager[Transport]]
 
 _INTERNAL: Final = Rejected(500, "Internal Server Error")
+
+#: Errors of accept(2) that say the system is short of file descriptors or memory for
+#: now (``trio.serve_listeners``' list), and how long to wait before accepting again.
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+_ACCEPT_RETRY: Final = 0.1
+#: Every connection's task is named this (the name trio would build for each).
+_CONNECTION_TASK: Final = f"{__name__}.Server._serve_stream"
 
 
 def _utf8(body: str | bytes) -> bytes:
@@ -210,6 +219,20 @@ class Server(Generic[D]):
         """One TCP connection's whole life. Whatever it sends, only it is affected:
         its failures are logged and answered (HTTP 500 before the upgrade, 1011 after),
         and the stream is closed."""
+        try:
+            upgrade = await self._read_upgrade(open_transport, stream)
+            if upgrade is not None:
+                await self.handle(upgrade.request, upgrade.open, upgrade.reject)
+        finally:
+            await aclose_quietly(stream, self.limits.close_timeout)
+
+    async def _read_upgrade(
+        self, open_transport: OpenTransport, stream: trio.abc.Stream
+    ) -> _Upgrade | None:
+        """Up to :meth:`handle`: the request head, a plain HTTP request's answer, the
+        upgrade's own checks. ``None`` once the client is answered (or dropped); a
+        failure here is logged and answered with 500. (Its own frame: what it holds is
+        gone once the connection is open.)"""
         address = peer(stream)
         try:
             head: RequestHead | Rejected | None = None
@@ -223,19 +246,19 @@ class Server(Generic[D]):
                     self._awaiting_heads.discard(waiting)
             if head is None:
                 log.debug("%s sent no request head in time; dropped", peer_text(address))
-                return
+                return None
             if isinstance(head, Rejected):
                 await send_http(stream, head, self.limits.close_timeout)
-                return
+                return None
             if not head.is_upgrade:
                 answer = self._plain(head)
                 if answer is not None:
                     await send_http(stream, answer, self.limits.close_timeout)
-                    return
+                    return None
             refusal = check_upgrade(head)
             if refusal is not None:
                 await send_http(stream, refusal, self.limits.close_timeout)
-                return
+                return None
             request = UpgradeRequest.from_target(
                 head.target,
                 head.headers,
@@ -243,29 +266,13 @@ class Server(Generic[D]):
                 peer_text(address),
                 client_ip(address[0] if address else None, head.headers, self._trusted),
             )
-
-            async def reject(refusal: Rejected) -> None:
-                await send_http(stream, refusal, self.limits.close_timeout)
-
-            await self.handle(
-                request,
-                partial(
-                    open_transport,
-                    stream,
-                    head,
-                    request,
-                    max_message_bytes=self.limits.max_message_bytes,
-                    close_timeout=self.limits.close_timeout,
-                ),
-                reject,
-            )
+            return _Upgrade(open_transport, stream, head, request, self.limits)
         except ConnectionClosed:
-            pass  # the peer went away before the upgrade
+            return None  # the peer went away before the upgrade
         except Exception:
             log.exception("connection from %s failed before the upgrade", peer_text(address))
             await send_http(stream, _INTERNAL, self.limits.close_timeout)
-        finally:
-            await aclose_quietly(stream, self.limits.close_timeout)
+            return None
 
     def _plain(self, head: RequestHead) -> bytes | None:
         """The answer to a plain HTTP request (no upgrade) on the health check's,
@@ -367,7 +374,9 @@ class Server(Generic[D]):
         harness's too): :meth:`decide`, then ``reject`` or ``open_transport`` (which
         answers 101) and the connection's life. Never raises but ``Cancelled``: a
         failure is logged once and answered (500 before the upgrade, 1011 after)."""
-        upgraded = False
+        # Who answers a failure: ``reject`` (500) until the 101 has gone out, nobody
+        # after (the connection closes with 1011).
+        answer: Callable[[Rejected], Awaitable[None]] | None = reject
         try:
             decision = await self.decide(request, default_data)
             if isinstance(decision, Rejected):
@@ -375,8 +384,40 @@ class Server(Generic[D]):
                 return
             try:
                 async with open_transport(decision.subprotocol) as transport:
-                    upgraded = True
-                    await self.run_connection(transport, decision.data)
+                    # Not held for the connection's life: they were for the upgrade.
+                    answer = None
+                    del open_transport, reject
+                    if self._closing:
+                        with trio.move_on_after(self.limits.close_timeout):
+                            await transport.close(1001, "server shutting down")
+                        return
+                    conn: Connection[D] = Connection(
+                        self._router,
+                        transport,
+                        cast(D, decision.data),
+                        self.limits,
+                        self._heartbeat,
+                        self.pubsub,
+                        self._heartbeats,
+                    )
+                    del decision
+                    # Served from this frame, not from a method of its own: each
+                    # frame is held by every idle connection, for its whole life.
+                    self.connections.add(conn)
+                    try:
+                        await conn.run()
+                    except Exception:
+                        # A bug in one connection must not take the server (and every
+                        # other connection) down with it: they share its nursery.
+                        log.exception(
+                            "connection %s from %s failed; closed with 1011",
+                            conn.client_id,
+                            request.client_ip,
+                        )
+                    finally:
+                        self.connections.discard(conn)
+                        if conn.statistics().outbox.high_water_bytes >= LARGE_CONNECTION_BYTES:
+                            self._trim_soon()
             finally:
                 self._admission.release(request)
         except ConnectionClosed:
@@ -385,10 +426,10 @@ class Server(Generic[D]):
             log.exception(
                 "connection from %s failed %s",
                 request.client_ip,
-                "after the upgrade" if upgraded else "during the upgrade",
+                "during the upgrade" if answer is not None else "after the upgrade",
             )
-            if not upgraded:
-                await reject(_INTERNAL)
+            if answer is not None:
+                await answer(_INTERNAL)
 
     async def run_services(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -400,38 +441,6 @@ class Server(Generic[D]):
             if self._heartbeats is not None:
                 await nursery.start(self._heartbeats.run)
             task_status.started()
-
-    async def run_connection(self, transport: Transport, data: Any) -> None:
-        """Serve one accepted WebSocket until it closes. A failure is logged with the
-        connection's id and address; the connection closes with 1011."""
-        if self._closing:
-            with trio.move_on_after(self.limits.close_timeout):
-                await transport.close(1001, "server shutting down")
-            return
-        conn: Connection[D] = Connection(
-            self._router,
-            transport,
-            data,
-            self.limits,
-            self._heartbeat,
-            self.pubsub,
-            self._heartbeats,
-        )
-        self.connections.add(conn)
-        try:
-            await conn.run()
-        except Exception:
-            # A bug in one connection must not take the server (and every other
-            # connection) down with it: connections run in the server's nursery.
-            log.exception(
-                "connection %s from %s failed; closed with 1011",
-                conn.client_id,
-                transport.request.client_ip,
-            )
-        finally:
-            self.connections.discard(conn)
-            if conn.statistics().outbox.high_water_bytes >= LARGE_CONNECTION_BYTES:
-                self._trim_soon()
 
     def _trim_soon(self) -> None:
         """Give the memory a large connection held back to the OS, a moment after it
@@ -478,6 +487,36 @@ class Server(Generic[D]):
             return list(sockets)
         return [trio.SSLListener(sock, ssl_context) for sock in sockets]
 
+    async def _accept(
+        self,
+        listener: trio.SocketListener | trio.SSLListener[trio.SocketStream],
+        open_transport: OpenTransport,
+        connections: trio.Nursery,
+    ) -> None:
+        """Accept clients until cancelled, each served by :meth:`_serve_stream` as its
+        task's own coroutine in ``connections`` (``trio.serve_listeners`` wraps each in
+        a coroutine of its own, and names each task anew: memory every idle connection
+        pays). As there, an accept that fails for want of file descriptors or memory is
+        logged and retried after a moment; any other failure is raised."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error(
+                        "accept failed (%s); retrying in %s seconds",
+                        errno.errorcode[exc.errno],
+                        _ACCEPT_RETRY,
+                        exc_info=True,
+                    )
+                    await trio.sleep(_ACCEPT_RETRY)
+                else:
+                    connections.start_soon(
+                        self._serve_stream, open_transport, stream, name=_CONNECTION_TASK
+                    )
+
     async def _serve(
         self,
         host: str | None,
@@ -499,14 +538,10 @@ class Server(Generic[D]):
                 async with trio.open_nursery() as connections:
                     listeners = await self._listen(host, port, ssl_context)
                     async with trio.open_nursery() as accepting:
-                        await accepting.start(
-                            partial(
-                                trio.serve_listeners,
-                                partial(self._serve_stream, open_transport),
-                                listeners,
-                                handler_nursery=connections,
+                        for listener in listeners:
+                            accepting.start_soon(
+                                self._accept, listener, open_transport, connections
                             )
-                        )
                         if handle_signals and threading.current_thread() is threading.main_thread():
                             await accepting.start(self._watch_signals)
                         _announce(self.url)
@@ -529,6 +564,43 @@ class Server(Generic[D]):
                 services.cancel_scope.cancel()
         finally:
             self._stopped.set()
+
+
+class _Upgrade:
+    """:meth:`Server.handle`'s ``open_transport`` and ``reject`` for a request read from
+    a stream. The request head is handed to the transport (which keeps what it
+    needs) and not kept here: this lives as long as its connection."""
+
+    __slots__ = ("_head", "_limits", "_open", "_stream", "request")
+
+    def __init__(
+        self,
+        open_transport: OpenTransport,
+        stream: trio.abc.Stream,
+        head: RequestHead,
+        request: UpgradeRequest,
+        limits: Limits,
+    ) -> None:
+        self._open = open_transport
+        self._stream = stream
+        self._head: RequestHead | None = head
+        self.request = request
+        self._limits = limits
+
+    def open(self, subprotocol: str | None) -> AbstractAsyncContextManager[Transport]:
+        head, self._head = self._head, None
+        assert head is not None, "opened twice"
+        return self._open(
+            self._stream,
+            head,
+            self.request,
+            subprotocol,
+            max_message_bytes=self._limits.max_message_bytes,
+            close_timeout=self._limits.close_timeout,
+        )
+
+    async def reject(self, refusal: Rejected) -> None:
+        await send_http(self._stream, refusal, self._limits.close_timeout)
 
 
 def _exposition_of(observer: Observer | None) -> Callable[[str | None], tuple[bytes, str]]:

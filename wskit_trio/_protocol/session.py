@@ -179,7 +179,9 @@ class ServerSession(Generic[R]):
         self.routes = routes
         self.max_in_flight_rpcs = max_in_flight_rpcs
         self.max_rpc_timeout = max_rpc_timeout
-        self._in_flight: set[str] = set()
+        # (A dict used as a set: an empty one is a quarter of an empty set's size, on
+        # every connection, most of which never have an RPC in flight.)
+        self._in_flight: dict[str, None] = {}
         #: Set by :meth:`start_draining`: new RPCs are refused, retryable.
         self.draining = False
 
@@ -193,7 +195,7 @@ class ServerSession(Generic[R]):
 
     def rpc_finished(self, correlation_id: str) -> None:
         """An RPC started by :class:`StartRpc` has ended (replied, failed, cancelled)."""
-        self._in_flight.discard(correlation_id)
+        self._in_flight.pop(correlation_id, None)
 
     def receive(self, data: str | bytes, now: float) -> Action:
         """The answer to one inbound message, received at ``now``."""
@@ -252,7 +254,7 @@ class ServerSession(Generic[R]):
                 msg_type,
                 True,
             )
-        self._in_flight.add(cid)
+        self._in_flight[cid] = None
         deadline = now + rpc_timeout(meta.get("timeoutMs"), self.max_rpc_timeout)
         return StartRpc(route, msg_type, payload, meta, cid, deadline)
 

@@ -21,14 +21,15 @@ others decline, and their writer sends as usual).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol, overload
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
 __all__ = [
     "Accepted",
+    "Headers",
     "Rejected",
     "Transport",
     "UpgradeRequest",
@@ -54,16 +55,97 @@ def over_limit(message: str | bytes, max_bytes: int) -> bool:
     return len(message) * 4 > max_bytes and len(message.encode("utf-8")) > max_bytes
 
 
+class Headers(Sequence[tuple[str, str]]):
+    """A request's headers, ``(name, value)`` pairs with the names lower-cased, in the
+    order they came: a ``Sequence[tuple[str, str]]``, equal to the tuple of its pairs.
+
+    Kept as one string of ``name:value`` lines and split when read: a connection
+    keeps its request for its whole life, and a tuple of str pairs costs about ten
+    times the bytes of the header lines (a browser sends a dozen)."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        """Names are lower-cased; a pair no header line could hold (a ``:`` or a line
+        break in the name, a line break in the value) raises ``ValueError``."""
+        lines = []
+        for name, value in pairs:
+            if ":" in name or "\n" in name or "\n" in value:
+                raise ValueError(f"not a header: {name!r}: {value!r}")
+            lines.append(f"{name.lower()}:{value}")
+        self._text = "\n".join(lines)
+
+    @classmethod
+    def parsed(cls, pairs: Iterable[tuple[bytes, bytes]]) -> Headers:
+        """From an HTTP parser's ``(name, value)`` bytes (h11's: names lower-case)."""
+        headers = cls()
+        lines = b"\n".join([name.lower() + b":" + value for name, value in pairs])
+        headers._text = lines.decode("latin-1")
+        return headers
+
+    def get(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower-case), or ``None``: found in the
+        string, without splitting it."""
+        if ":" in name or "\n" in name:
+            return None  # no header has that name (and it would match inside a line)
+        text = self._text
+        line = name + ":"
+        if text.startswith(line):
+            start = len(line)
+        else:
+            start = text.find("\n" + line)
+            if start < 0:
+                return None
+            start += 1 + len(line)
+        end = text.find("\n", start)
+        return text[start:] if end < 0 else text[start:end]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        if self._text:
+            for line in self._text.split("\n"):
+                name, _, value = line.partition(":")
+                yield name, value
+
+    def __len__(self) -> int:
+        return self._text.count("\n") + 1 if self._text else 0
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[tuple[str, str], ...]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | tuple[tuple[str, str], ...]:
+        return tuple(self)[index]
+
+    def __reversed__(self) -> Iterator[tuple[str, str]]:
+        return reversed(tuple(self))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return self._text == other._text
+        if isinstance(other, tuple):
+            return tuple(self) == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 @attrs.frozen
 class UpgradeRequest:
     """The HTTP upgrade request, as ``authenticate`` sees it.
 
     ``query`` maps each parameter to its first value; ``headers`` keeps every
-    header, names lower-cased; ``subprotocols`` are the ones the client offered,
-    in its order. ``remote`` is the socket's peer (``host:port``); ``client_ip``
-    is the client's address: the peer's, or the one a trusted proxy forwarded
-    (``serve(trusted_proxies=...)``). Connection caps, ``key_per_ip`` and the
-    logs use ``client_ip``.
+    header, names lower-cased (``serve()`` gives a :class:`Headers`, a sequence of
+    the pairs, equal to their tuple); ``subprotocols`` are the ones the client
+    offered, in its order. ``remote`` is the socket's peer (``host:port``);
+    ``client_ip`` is the client's address: the peer's, or the one a trusted proxy
+    forwarded (``serve(trusted_proxies=...)``). Connection caps, ``key_per_ip`` and
+    the logs use ``client_ip``.
     """
 
     path: str = "/"
@@ -87,7 +169,9 @@ class UpgradeRequest:
         query: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             query.setdefault(key, value)
-        if not (isinstance(headers, tuple) and all(k.islower() for k, _ in headers)):
+        if not isinstance(headers, Headers) and not (
+            isinstance(headers, tuple) and all(k.islower() for k, _ in headers)
+        ):
             # (The server's headers come lower-cased already: shared, not copied.)
             headers = tuple((k.lower(), v) for k, v in headers)
         return cls(
@@ -102,6 +186,9 @@ class UpgradeRequest:
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive)."""
         name = name.lower()
+        if isinstance(self.headers, Headers):
+            value = self.headers.get(name)
+            return default if value is None else value
         for key, value in self.headers:
             if key == name:
                 return value

@@ -22,7 +22,7 @@ import attrs
 import h11
 
 from .._protocol import extensions
-from . import Rejected
+from . import Headers, Rejected
 
 __all__ = [
     "ACCEPT_HEADERS",
@@ -63,12 +63,13 @@ _REASONS: Final = {
 class RequestHead:
     """A parsed request head. Header names are lower-case; ``raw`` is every byte
     received so far (the head and what followed it), ``trailing`` only what followed
-    (frames a client sent without waiting for the 101)."""
+    (frames a client sent without waiting for the 101). The server keeps none of it
+    once the connection is open, but ``headers``, which its request shares."""
 
     method: str
     target: str
     http_version: str
-    headers: tuple[tuple[str, str], ...]
+    headers: Headers
     raw: bytes
     trailing: bytes
 
@@ -78,10 +79,7 @@ class RequestHead:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (lower-case), or ``None``."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return self.headers.get(name)
 
     @property
     def subprotocols(self) -> list[str]:
@@ -144,9 +142,7 @@ class HeadReader:
             method=event.method.decode("ascii", "replace"),
             target=event.target.decode("latin-1"),
             http_version=event.http_version.decode("ascii", "replace"),
-            headers=tuple(
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers
-            ),
+            headers=Headers.parsed(event.headers),
             raw=bytes(self._raw),
             trailing=trailing,
         )

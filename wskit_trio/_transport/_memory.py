@@ -46,6 +46,10 @@ class MemoryTransport:
         #: Whether this end answers pings (tests switch it off to simulate a dead peer).
         self.responsive = True
         self.peer: MemoryTransport | None = None
+        #: Whether a ``send`` is under way, and what ``send_nowait`` could not put in
+        #: the channel (the next ``send`` puts it in first).
+        self._sending = False
+        self._unsent: list[str] = []
 
     @property
     def request(self) -> UpgradeRequest:
@@ -67,8 +71,15 @@ class MemoryTransport:
         return item
 
     async def send(self, messages: Sequence[str]) -> None:
-        for message in messages:
-            await self.send_one(message)
+        if self._unsent:
+            messages = [*self._unsent, *messages]
+            self._unsent = []
+        self._sending = True
+        try:
+            for message in messages:
+                await self.send_one(message)
+        finally:
+            self._sending = False
 
     async def send_one(self, message: str | bytes) -> None:
         if self.closed is not None:
@@ -104,10 +115,18 @@ class MemoryTransport:
         return 0  # one message at a time
 
     def can_send_nowait(self) -> bool:
-        return False  # the writer sends everything
+        return self.closed is None and not self._sending and not self._unsent
 
     def send_nowait(self, messages: Sequence[str]) -> bool:
-        raise NotImplementedError  # never called: see can_send_nowait
+        """As the socket transport's: what the channel takes now; the rest waits for
+        the next ``send`` (which also reports a peer that has gone)."""
+        for index, message in enumerate(messages):
+            try:
+                self._outbound.send_nowait(message)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._unsent = list(messages[index:])
+                return False
+        return True
 
     async def ping(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -98,15 +98,16 @@ class FrameReader:
     def __init__(self, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
         #: Complete messages, oldest first: ``str`` (text) or ``bytes`` (binary); those
-        #: before ``_next`` are taken (the list is emptied once all are).
-        self.messages: list[str | bytes] = []
+        #: before ``_next`` are taken. It and the buffers below are made when needed
+        #: and dropped once empty: most connections are idle, most of the time.
+        self.messages: list[str | bytes] | tuple[()] = ()
         self._next = 0
         #: Bytes of an incomplete frame, kept for the next :meth:`feed`.
-        self._buffer = bytearray()
+        self._buffer: bytes | bytearray = b""
         #: Opcode of the fragmented message in progress (0: none) and its payload so
         #: far, in one buffer: however the client cuts a message, it costs its size.
         self._opcode = 0
-        self._fragments = bytearray()
+        self._fragments: bytes | bytearray = b""
         #: Payload bytes still to skip (of a frame being discarded).
         self._skip = 0
         self._discarding = False
@@ -121,7 +122,7 @@ class FrameReader:
         message = messages[index]
         index += 1
         if index == len(messages):
-            messages.clear()
+            self.messages = ()
             index = 0
         self._next = index
         return message
@@ -134,7 +135,7 @@ class FrameReader:
         """From now on drop data frames unread (the connection is closing); control
         frames are still parsed, so the peer's close frame is seen."""
         self._discarding = True
-        self._fragments = bytearray()
+        self._fragments = b""
         self._opcode = 0
 
     def feed(self, data: bytes | bytearray) -> list[Ping | Pong | Close]:
@@ -160,6 +161,8 @@ class FrameReader:
         end = len(buf)
         pos = 0
         messages = self.messages
+        if not isinstance(messages, list):
+            messages = self.messages = []
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -219,7 +222,7 @@ class FrameReader:
                         messages.append(payload)
                 else:
                     self._opcode = opcode
-                    self._fragments += payload
+                    self._fragments = bytearray(payload)
             elif opcode == OP_CONTINUATION:
                 if not self._opcode:
                     raise FrameError(1002, "Continuation frame without a message")
@@ -234,7 +237,7 @@ class FrameReader:
                     else:
                         messages.append(whole)
                     self._opcode = 0
-                    self._fragments = bytearray()
+                    self._fragments = b""
             elif opcode == OP_PING:
                 controls.append(Ping(payload))
             elif opcode == OP_PONG:
@@ -242,18 +245,24 @@ class FrameReader:
             elif opcode == OP_CLOSE:
                 controls.append(_parse_close(payload))
                 self._closed = True
-                self._buffer = bytearray()
+                self._buffer = b""
+                if not messages:
+                    self.messages = ()
                 return controls
             else:
                 raise FrameError(1002, f"Unknown opcode {opcode}")
         self._keep(buf, pos)
+        if not messages:
+            self.messages = ()  # control frames only, or nothing whole yet
         return controls
 
     def _keep(self, buf: bytes | bytearray, pos: int) -> None:
         """Keep ``buf[pos:]`` (an incomplete frame) for the next feed."""
-        if buf is self._buffer:
-            del self._buffer[:pos]
-        elif pos < len(buf):
+        if pos >= len(buf):
+            self._buffer = b""
+        elif buf is self._buffer and isinstance(buf, bytearray):  # (a non-empty one is)
+            del buf[:pos]
+        else:
             self._buffer = bytearray(buf[pos:])
 
 

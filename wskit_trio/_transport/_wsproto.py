@@ -6,10 +6,12 @@ No task of its own: whoever calls :meth:`WsprotoTransport.receive` (the
 connection's reader) reads the socket, parses every frame in what arrived,
 answers pings and returns the messages one by one; the next read happens only
 once they are all taken, so a client that sends faster than its handlers run
-is slowed down by TCP. :meth:`~WsprotoTransport.send` writes a whole batch of
-frames with one ``send_all``; :meth:`~WsprotoTransport.send_nowait` writes one at
-once, without a trip through the scheduler, when the socket takes it (the
-connection's reader does, for the answers to what it has just handled). One task
+is slowed down by TCP. A plain socket (not TLS) is read with ``os.read``, and
+waited for with ``wait_readable`` alone: an idle connection parks no stream layers.
+:meth:`~WsprotoTransport.send` writes a whole batch of frames with one
+``send_all``; :meth:`~WsprotoTransport.send_nowait` writes one at once, without a
+trip through the scheduler, when the socket takes it (the connection's reader
+does, for the answers to what it has just handled). One task
 reads at a time and one writes at a time; a task that needs to read while another
 one is (``close`` waiting for the peer's close frame, say) waits for that read and
 looks at what it brought.
@@ -19,8 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Final
 
 import trio
@@ -55,6 +56,30 @@ _POSIX: Final = os.name == "posix"
 class WsprotoTransport:
     """A :class:`~wskit_trio._transport.Transport` over a trio stream."""
 
+    __slots__ = (
+        "_broken",
+        "_buffered",
+        "_close_sent",
+        "_close_timeout",
+        "_ended",
+        "_failure",
+        "_holding",
+        "_ping_count",
+        "_pings",
+        "_read_waiters",
+        "_reader",
+        "_reading",
+        "_request",
+        "_settle_waiters",
+        "_socket",
+        "_stream",
+        "_stream_closed",
+        "_taken",
+        "_unsent",
+        "_write_waiters",
+        "_writing",
+    )
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -79,9 +104,10 @@ class WsprotoTransport:
         self._stream_closed = False
         #: A write was cut short (cancelled or failed): the stream carries nothing more.
         self._broken = False
-        #: The socket ``send_nowait`` writes to directly (a plain socket stream, not
-        #: TLS; on POSIX, where a socket is a file descriptor), and the part of a batch
-        #: it did not take, which goes first with the next write.
+        #: The socket ``send_nowait`` writes to and ``receive`` reads from directly (a
+        #: plain socket stream, not TLS; on POSIX, where a socket is a file
+        #: descriptor), and the part of a batch it did not take, which goes first with
+        #: the next write.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) and _POSIX else None
         self._unsent = b""
         # Parking lots are made when first needed: most connections are idle.
@@ -141,9 +167,25 @@ class WsprotoTransport:
             return
         self._reading = True
         try:
-            data: bytes | bytearray
+            data: bytes | bytearray | None
             if self._buffered:
                 data, self._buffered = self._buffered, b""
+            elif self._socket is not None:
+                # The socket itself, as ``receive_some`` would read it, without the
+                # layers of frames it keeps parked while a connection is idle.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                data = self._read_nowait()
+                if data is not None:
+                    # Data there at once still makes a schedule point (as in trio): a
+                    # client that floods cannot starve the others.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                while data is None:
+                    try:
+                        await trio.lowlevel.wait_readable(self._socket)
+                    except trio.ClosedResourceError:  # closed while we waited
+                        data = b""
+                    else:
+                        data = self._read_nowait()
             else:
                 try:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
@@ -157,6 +199,21 @@ class WsprotoTransport:
             self._reading = False
             if self._read_waiters:
                 self._read_waiters.unpark_all()
+
+    def _read_nowait(self) -> bytes | None:
+        """Read the plain socket without waiting: ``None`` if nothing has come, ``b""``
+        once it has ended (EOF, a reset, or closed), as for ``receive_some``."""
+        assert self._socket is not None
+        # Asked each time: -1 once closed, and a closed one's number is soon reused.
+        fd = self._socket.fileno()
+        if fd < 0:
+            return b""
+        try:
+            return os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
 
     async def _process(self, data: bytes | bytearray) -> None:
         try:
@@ -358,8 +415,33 @@ class WsprotoTransport:
 # -- the upgrade ---------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def open_wsproto(
+class _Opening:
+    """What :func:`open_wsproto` returns: entering it answers 101 and gives the
+    transport. A class, not an ``@asynccontextmanager``: ``handle`` holds it for the
+    connection's whole life, and a generator's frame costs more than these slots,
+    which let go of the transport and the answer once sent."""
+
+    __slots__ = ("_answer", "_transport")
+
+    def __init__(self, transport: WsprotoTransport, answer: bytes) -> None:
+        self._transport: WsprotoTransport | None = transport
+        self._answer = answer
+
+    async def __aenter__(self) -> WsprotoTransport:
+        transport, self._transport = self._transport, None
+        answer, self._answer = self._answer, b""
+        assert transport is not None, "entered twice"
+        try:
+            await transport._stream.send_all(answer)
+        except _STREAM_ERRORS:
+            raise ConnectionClosed(1006, "") from None
+        return transport
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass  # the connection closes the transport itself
+
+
+def open_wsproto(
     stream: trio.abc.Stream,
     head: RequestHead,
     request: UpgradeRequest,
@@ -367,14 +449,11 @@ async def open_wsproto(
     *,
     max_message_bytes: int,
     close_timeout: float,
-) -> AsyncIterator[WsprotoTransport]:
+) -> _Opening:
     """Answer 101 to a checked upgrade (``check_upgrade``) and run the WebSocket on
-    ``stream``; frames the client sent before the 101 are read first."""
-    key = head.header("sec-websocket-key") or ""
-    try:
-        await stream.send_all(accept_response(key, subprotocol))
-    except _STREAM_ERRORS:
-        raise ConnectionClosed(1006, "") from None
-    yield WsprotoTransport(
+    ``stream``, as an async context manager; frames the client sent before the 101 are
+    read first. Keeps nothing of ``head`` but those frames."""
+    transport = WsprotoTransport(
         stream, request, max_message_bytes, close_timeout=close_timeout, buffered=head.trailing
     )
+    return _Opening(transport, accept_response(head.header("sec-websocket-key") or "", subprotocol))
