@@ -158,10 +158,14 @@ class Connection(Generic[D]):
     async def send(self, frame: str, kind: FrameKind) -> bool:
         if kind is FrameKind.TERMINAL and self._reader is trio.lowlevel.current_task():
             # The reply of an RPC the reader runs itself (``_start_rpc``): no schedule
-            # point, the reader yields when it next reads (as in a burst); nor is the
-            # writer woken: the reader writes the reply itself, or wakes it, once done
-            # with the message (``flush_nowait``) or when the RPC blocks (``_hand_over``).
-            return self._outbox.put_nowait(frame, kind, wake=False)
+            # point (a yield would hand the reader's task over to the RPC). It goes out
+            # now, before the RPC's own bookkeeping, unless the reader works through a
+            # burst: then with the burst's other answers, in one write.
+            outbox = self._outbox
+            queued = outbox.put_nowait(frame, kind, wake=False)
+            if outbox.burst_task is None:
+                self.flush_nowait()
+            return queued
         return await self._outbox.put(frame, kind)
 
     def offer(self, frame: str, *, wake: bool = True) -> bool:
@@ -544,7 +548,7 @@ class Connection(Generic[D]):
         # Start RPCs only while the outbound queue has room: each may add a terminal
         # frame past capacity, so this bounds the queue by capacity + RPCs in flight
         # even for a client that sends requests and never reads the answers.
-        if not await self._outbox.wait_room():
+        if not (self._outbox.has_room() or await self._outbox.wait_room()):
             self.session.rpc_finished(start.correlation_id)
             return
         assert start.route.response is not None

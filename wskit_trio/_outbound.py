@@ -322,6 +322,10 @@ class Outbox:
                 break
         return self._append(frame, FrameKind.PLAIN, group)
 
+    def has_room(self) -> bool:
+        """Below capacity and open: :meth:`wait_room` would return ``True`` at once."""
+        return not (self._closed or self._full())
+
     async def wait_room(self) -> bool:
         """Wait until the queue is below capacity, before queueing frames the policy
         may not drop (RPC answers, and admitting an RPC whose reply will be one).
