@@ -5,7 +5,10 @@ a reader sees the comparison at a glance (the README shows them).
 
 * ``throughput.png``: echo messages/s, fan-out deliveries/s (1 → N, with history
   on and through Valkey), and the burst against websockets' ``broadcast()``.
-* ``rpc_latency.png``: RPC round-trip p50 and p99 per server (µs).
+* ``rpc_latency.png``: RPC round-trip p50 and p99 per server (µs), in two panels
+  on one scale: as the scheduler places the server and the load process (the
+  table's RPC column), and with both pinned to one CPU (its one-core column: no
+  cross-core wake-ups, which dominate the first panel on a small VM).
 * ``memory.png``: memory per idle connection, and the rate they were opened at.
 
 Bars are sorted best first and wskit_trio's rows are coloured (the current tree
@@ -131,6 +134,56 @@ def _value_axis(ax: Axes, unit: str) -> None:
     ax.set_axisbelow(True)
 
 
+def _rpc_panel(
+    ax: Axes, figures: list[tuple[Row, float | None, float | None]], *, title: str
+) -> None:
+    """Each row's p50 (solid) and p99 (hatched) bars, the lowest p50 on top."""
+    rows = sorted(
+        ((r, p50, p99) for r, p50, p99 in figures if p50 is not None and p99 is not None),
+        key=lambda f: f[1],
+    )
+    if not rows:
+        ax.set_axis_off()
+        ax.set_title(f"{title}: not measured", loc="left", fontsize=10)
+        return
+    positions = list(range(len(rows)))[::-1]
+    height = 0.38
+    p50 = [f[1] for f in rows]
+    p99 = [f[2] for f in rows]
+    colors = [_color(r) for r, _, _ in rows]
+    ax.barh([p + height / 2 for p in positions], p50, height, color=colors, label="p50")
+    ax.barh(
+        [p - height / 2 for p in positions],
+        p99,
+        height,
+        color=colors,
+        alpha=0.45,
+        hatch="//",
+        label="p99",
+    )
+    for position, a, b in zip(positions, p50, p99, strict=True):
+        for y, value, name in (
+            (position + height / 2, a, "p50"),
+            (position - height / 2, b, "p99"),
+        ):
+            ax.annotate(
+                f"{name} {value:,.0f}",
+                (value, y),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
+    names = [
+        r.target.label if r.target.app else f"{r.target.label.split(' (')[0]} (echo round trip)"
+        for r, _, _ in rows
+    ]
+    _labels(ax, positions, names, colors)
+    ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
+    _value_axis(ax, "µs (p50: solid, p99: hatched)")
+    ax.legend(fontsize=8, loc="upper right")
+
+
 def _subtitle(results: Results) -> str:
     machine = results.machine
     return (
@@ -221,47 +274,38 @@ def write_charts(results: Results, out: Path) -> tuple[list[Path], str | None]:
     save(figure, "throughput.png")
 
     # -- RPC latency
-    rows = sorted(
-        (r for r in results.rows if r.rpc_p50 is not None and r.rpc_p99 is not None),
-        key=lambda r: r.rpc_p50 or 0.0,
-    )
-    figure, ax = plt.subplots(figsize=(10, 1.4 + 0.45 * max(2, len(rows))), layout="constrained")
-    figure.suptitle("RPC round trip, one request at a time (lower is better)", fontweight="bold")
-    positions = list(range(len(rows)))[::-1]
-    height = 0.38
-    p50 = [r.rpc_p50 or 0.0 for r in rows]
-    p99 = [r.rpc_p99 or 0.0 for r in rows]
-    colors = [_color(r) for r in rows]
-    ax.barh([p + height / 2 for p in positions], p50, height, color=colors, label="p50")
-    ax.barh(
-        [p - height / 2 for p in positions],
-        p99,
-        height,
-        color=colors,
-        alpha=0.45,
-        hatch="//",
-        label="p99",
-    )
-    for position, a, b in zip(positions, p50, p99, strict=True):
-        for y, value, name in (
-            (position + height / 2, a, "p50"),
-            (position - height / 2, b, "p99"),
-        ):
-            ax.annotate(
-                f"{name} {value:,.0f}",
-                (value, y),
-                xytext=(3, 0),
-                textcoords="offset points",
-                va="center",
-                fontsize=7,
-            )
-    names = [
-        r.target.label if r.target.app else f"{r.target.label.split(' (')[0]} (echo round trip)"
-        for r in rows
+    cpu = "" if results.pinned_cpu is None else f" {results.pinned_cpu}"
+    panels = [
+        (
+            [(r, r.rpc_p50, r.rpc_p99) for r in results.rows],
+            "Server and load process where the scheduler puts them",
+        ),
+        (
+            [(r, r.rpc_pinned_p50, r.rpc_pinned_p99) for r in results.rows],
+            f"One core: server and load process pinned together to CPU{cpu} "
+            "(no cross-core wake-ups)",
+        ),
     ]
-    _labels(ax, positions, names, colors)
-    _value_axis(ax, "µs (p50: solid, p99: hatched)")
-    ax.legend(fontsize=8, loc="upper right")
+    if all(p50 is None for _, p50, _ in panels[1][0]):
+        panels.pop()  # a run from before the one-core figures
+    sizes = [max(2, sum(p50 is not None for _, p50, _ in figures)) for figures, _ in panels]
+    figure, axes = plt.subplots(
+        len(panels),
+        1,
+        squeeze=False,
+        figsize=(10, 1.4 * len(panels) + 0.45 * sum(sizes)),
+        gridspec_kw={"height_ratios": sizes},
+        layout="constrained",
+    )
+    figure.suptitle("RPC round trip, one request at a time (lower is better)", fontweight="bold")
+    for ax, (figures, title) in zip(axes[:, 0], panels, strict=True):
+        _rpc_panel(ax, figures, title=title)
+    # One scale for both, so that the panels compare at a glance.
+    drawn = [ax for ax in axes[:, 0] if ax.axison]
+    if drawn:
+        right = max(ax.get_xlim()[1] for ax in drawn)
+        for ax in drawn:
+            ax.set_xlim(0, right)
     save(figure, "rpc_latency.png")
 
     # -- memory and connections

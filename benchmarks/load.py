@@ -9,7 +9,9 @@ stdout. Commands (``op``):
 * ``echo``: one connection keeps ``window`` messages in flight for ``warmup`` +
   ``duration`` seconds, sending another for each answer; ``rate`` is answers/s.
 * ``rpc``: one connection, ``count`` requests one after the other (each sent as the
-  previous answer arrives); round-trip percentiles in microseconds.
+  previous answer arrives); round-trip percentiles in microseconds. The runner
+  sends it twice per round: once as it is, once with this process and the server
+  pinned to one CPU together (:func:`benchmarks.run.pinned`).
 * ``fanout``: ``subscribers`` connections (spread over ``urls``) subscribe to a
   topic; the first one also publishes ``publishes`` messages, keeping at most
   ``window`` of its own publishes unanswered (it is a subscriber too, so a publish

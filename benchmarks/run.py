@@ -7,6 +7,16 @@ run, one after the other, so the ratios compare like with like; echo and RPC are
 measured ``repeat`` times, round by round across the servers, and the best round
 of each is kept (the machine is shared, and noise only ever makes things slower).
 
+RPC latency is measured twice per round: as the rest, with the scheduler placing
+the server and the load process where it likes (the headline figure, comparable
+with earlier runs), and then again with both pinned to the same single CPU (every
+thread of each, :func:`pinned`; the last CPU this process may run on), their
+affinity put back right after. On a small VM the unpinned figure is dominated by
+the hypervisor's cross-core wake-ups (its p50 jumps between two levels from run
+to run); on one core those are gone, and what is left is the server's own cost.
+Where ``os.sched_setaffinity`` is missing, the one-core figure is skipped with a
+note.
+
 Beside the table's rows, for ``wskit`` (the delivery guarantees, delivery.md §10 to
 §12): a burst fan-out (one handler publishing in a loop; every subscriber must get
 every message, in order), against the same loop of ``broadcast()`` calls on
@@ -18,7 +28,7 @@ burst are measured ``repeat`` times too, round by round, best kept.
 ``baseline_ref`` (``--baseline-ref REF``) adds a row ``wskit_trio @REF``: the same
 app (``benchmarks`` of this tree) on the wskit_trio of another commit, extracted
 with ``git archive`` into a temporary directory, measured interleaved with the
-current one (echo, RPC, fan-out), with the ratio of the two in the table.
+current one (echo, RPC on both, fan-out), with the ratio of the two in the table.
 
 The run says on ``log`` which step it is at (``[3/31] ... round 2/3``), one line
 per step and never while a measurement runs.
@@ -174,6 +184,9 @@ class Row:
     echo_cpu: float | None = None
     rpc_p50: float | None = None
     rpc_p99: float | None = None
+    #: The same with the server and the load process pinned to one CPU together.
+    rpc_pinned_p50: float | None = None
+    rpc_pinned_p99: float | None = None
     fanout: float | None = None
     #: Burst fan-out deliveries/s (one handler publishing in a loop), if it has one.
     burst: float | None = None
@@ -200,6 +213,8 @@ class Results:
     replay_error: str | None = None
     #: One Valkey vs a 3-shard Valkey Cluster (:mod:`benchmarks.cluster`).
     scale_out: list[ScaleOut] = field(default_factory=list)
+    #: The CPU the one-core RPC ran on (``None``: not measured).
+    pinned_cpu: int | None = None
     notes: list[str] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
 
@@ -331,6 +346,10 @@ class Load:
             preexec_fn=_raise_fd_limit,
         )
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def __call__(self, wait: float, **cmd: Any) -> dict[str, Any]:
         """Run one command; ``wait`` bounds it (the load process's own timeouts, a
         little shorter, normally answer first)."""
@@ -360,6 +379,46 @@ class Load:
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- one core -------------------------------------------------------------------------------
+
+
+def pinning_cpu() -> tuple[int | None, str | None]:
+    """The CPU of the one-core RPC: the last one this process may run on; ``(None,
+    why)`` where processes cannot be pinned. With one CPU only, pinning changes
+    nothing, and the figures are those of the unpinned run."""
+    if not hasattr(os, "sched_setaffinity") or not hasattr(os, "sched_getaffinity"):
+        return None, "RPC on one core not measured: no os.sched_setaffinity here"
+    return max(os.sched_getaffinity(0)), None
+
+
+def _threads(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` (Linux ``/proc``; just ``pid`` elsewhere)."""
+    try:
+        return sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return [pid]
+
+
+@contextlib.contextmanager
+def pinned(pids: list[int], cpu: int) -> Iterator[None]:
+    """Every thread of the processes ``pids`` on CPU ``cpu`` only (threads started
+    meanwhile inherit it), each put back on the CPUs it had on exit. An affinity is
+    a thread's, not a process's: Bun, for one, runs helper threads beside its main
+    one."""
+    previous: dict[int, set[int]] = {}
+    try:
+        for pid in pids:
+            for tid in _threads(pid):
+                with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                    previous[tid] = os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, {cpu})
+        yield
+    finally:
+        for tid, cpus in previous.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
 
 
 def _free_port() -> int:
@@ -547,8 +606,8 @@ def measure_echo(load: Load, row: Row, process: Process, s: Settings) -> None:
             row.echo_cpu = min(row.echo_cpu or per_message, per_message)
 
 
-def measure_rpc(load: Load, row: Row, process: Process, s: Settings) -> None:
-    result = load(
+def _rpc(load: Load, row: Row, process: Process, s: Settings) -> dict[str, Any]:
+    return load(
         s.timeout,
         op="rpc",
         url=_url(process),
@@ -558,10 +617,32 @@ def measure_rpc(load: Load, row: Row, process: Process, s: Settings) -> None:
         expect="ITEM" if row.target.app else "GET_ITEM",
         timeout=s.timeout,
     )
+
+
+def measure_rpc(load: Load, row: Row, process: Process, s: Settings) -> None:
+    """RPC round trips, the server and the load process where the scheduler puts
+    them; the round with the best p50 is kept."""
+    result = _rpc(load, row, process, s)
     if not _note_error(row, "rpc", result) and (
         row.rpc_p50 is None or result["p50_us"] < row.rpc_p50
     ):
         row.rpc_p50, row.rpc_p99 = result["p50_us"], result["p99_us"]
+
+
+def measure_rpc_pinned(load: Load, row: Row, process: Process, s: Settings, *, cpu: int) -> None:
+    """:func:`measure_rpc` with the server and the load process pinned to ``cpu``
+    together (no cross-core wake-ups), their affinity put back right after."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(pinned([process.pid, load.pid], cpu))
+        except OSError as exc:
+            row.errors.append(f"rpc, one core: cannot pin to CPU {cpu} ({exc})")
+            return
+        result = _rpc(load, row, process, s)
+    if not _note_error(row, "rpc, one core", result) and (
+        row.rpc_pinned_p50 is None or result["p50_us"] < row.rpc_pinned_p50
+    ):
+        row.rpc_pinned_p50, row.rpc_pinned_p99 = result["p50_us"], result["p99_us"]
 
 
 def measure_fanout(
@@ -745,6 +826,10 @@ def _run_suite(
             f"idle connections cut to {idle} (open-file limit {limit}; raise it with ulimit -n)"
         )
     s = settings
+    cpu, no_pin = pinning_cpu()
+    if no_pin is not None:
+        results.notes.append(no_pin)
+    results.pinned_cpu = cpu
     wskit = results.row("wskit")
     cross = valkey and (only is None or "wskit" in only)
     processes: dict[str, Process] = {}
@@ -771,6 +856,9 @@ def _run_suite(
                 Step(f"{name} · echo, window {s.window} · {of}", against(measure_echo, row)),
                 Step(f"{name} · RPC x{s.rpc_count:,} · {of}", against(measure_rpc, row)),
             ]
+            if cpu is not None:
+                what = f"{name} · RPC x{s.rpc_count:,}, one core (CPU {cpu}) · {of}"
+                rounds.append(Step(what, against(partial(measure_rpc_pinned, cpu=cpu), row)))
         for row in results.rows:
             name = _short(row.target)
             if row.target.fanout:
@@ -942,12 +1030,24 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 #: The table's columns after the server's name, and the fan-out one (0-based).
-_COLUMNS, _FANOUT_COLUMN = 7, 4
+_COLUMNS, _FANOUT_COLUMN = 8, 5
 
 
 def _only(column: int, value: str) -> str:
     """A row's cells with ``value`` in ``column`` and dashes elsewhere."""
     return " | ".join(value if i == column else "—" for i in range(_COLUMNS))
+
+
+def _pair(p50: float | None, p99: float | None) -> str:
+    """``p50 / p99``, µs."""
+    return "n/a" if p50 is None else f"{p50:,.0f} / {p99 or 0:,.0f}"
+
+
+def _rpc_cell(row: Row, p50: float | None, p99: float | None) -> str:
+    """A row's RPC figures; a bare server's are an echo's round trip."""
+    if p50 is None:
+        return "n/a"
+    return _pair(p50, p99) + ("" if row.target.app else " (echo)")
 
 
 def render(results: Results) -> str:
@@ -961,22 +1061,19 @@ def render(results: Results) -> str:
         + f"; {results.machine.get('date', '')}.",
         "",
         f"| server | echo msg/s (window {s.window}) | vs bare wsproto | server CPU µs/msg | "
-        f"RPC p50 / p99 µs | fan-out deliveries/s (1 → {s.subscribers:,}) | "
+        f"RPC p50 / p99 µs | RPC p50 / p99 µs, one core | "
+        f"fan-out deliveries/s (1 → {s.subscribers:,}) | "
         f"memory per idle connection ({s.idle_connections:,}) | "
         f"connections opened/s ({s.idle_connections:,}) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results.rows:
-        rpc = (
-            "n/a"
-            if row.rpc_p50 is None
-            else f"{row.rpc_p50:,.0f} / {row.rpc_p99 or 0:,.0f}"
-            + ("" if row.target.app else " (echo)")
-        )
+        rpc = _rpc_cell(row, row.rpc_p50, row.rpc_p99)
+        pinned_rpc = _rpc_cell(row, row.rpc_pinned_p50, row.rpc_pinned_p99)
         memory = "n/a" if row.memory_kib is None else f"{row.memory_kib:.1f} KiB"
         lines.append(
             f"| {row.target.label} | {_num(row.echo)} | {_ratio(row.echo, base_echo)} | "
-            f"{_num(row.echo_cpu, 1)} | {rpc} | "
+            f"{_num(row.echo_cpu, 1)} | {rpc} | {pinned_rpc} | "
             f"{_num(row.fanout) if row.target.fanout else '—'} | {memory} | "
             f"{_num(row.connect_rate)} |"
         )
@@ -1019,10 +1116,17 @@ def render(results: Results) -> str:
     problems = [f"{row.target.label}: {error}" for row in results.rows for error in row.errors]
     if results.notes or problems:
         lines += ["", "Notes:", *(f"- {note}" for note in [*results.notes, *problems])]
+    one_core = (
+        ""
+        if results.pinned_cpu is None
+        else f" The one-core RPC column: the server and the load process both pinned to CPU "
+        f"{results.pinned_cpu} while it runs, so no wake-up crosses cores (on a small VM, "
+        "those dominate the other column)."
+    )
     lines += [
         "",
         f"Packages: {results.machine.get('packages', '')}. Load: picows clients in a separate "
-        f"process; echo, RPC, fan-out and burst best of {s.repeat} round(s).",
+        f"process; echo, RPC (on both), fan-out and burst best of {s.repeat} round(s).{one_core}",
     ]
     return "\n".join(lines)
 
@@ -1031,11 +1135,14 @@ def baseline_row(wskit: Row, baseline: Row) -> str:
     """The current wskit_trio over the baseline commit's, measured in the same run."""
     p50 = _ratio(wskit.rpc_p50, baseline.rpc_p50)
     p99 = _ratio(wskit.rpc_p99, baseline.rpc_p99)
+    pinned_p50 = _ratio(wskit.rpc_pinned_p50, baseline.rpc_pinned_p50)
+    pinned_p99 = _ratio(wskit.rpc_pinned_p99, baseline.rpc_pinned_p99)
     cells = [
         _ratio(wskit.echo, baseline.echo),
         "—",
         _ratio(wskit.echo_cpu, baseline.echo_cpu),
         f"{p50} / {p99}",
+        f"{pinned_p50} / {pinned_p99}",
         _ratio(wskit.fanout, baseline.fanout),
         _ratio(wskit.memory_kib, baseline.memory_kib),
         _ratio(wskit.connect_rate, baseline.connect_rate),
@@ -1120,6 +1227,11 @@ def targets_report(results: Results) -> list[str]:
     bare, adapter = echo_of("bare-wsproto"), echo_of("wskit-trio-websocket")
     bun = results.row("bun")
     bun_p50 = bun.rpc_p50 if bun else None
+    bare_row = results.row("bare-wsproto")
+
+    def one_core(row: Row | None) -> str:
+        return _pair(row.rpc_pinned_p50, row.rpc_pinned_p99) if row else "n/a"
+
     websockets_row = results.row("websockets")
     broadcast = websockets_row.fanout if websockets_row else None
     broadcast_burst = websockets_row.burst if websockets_row else None
@@ -1132,6 +1244,9 @@ def targets_report(results: Results) -> list[str]:
         f"{check(at_most(wskit.rpc_p50, bun_p50))}",
         f"- RPC p99 at most 2x p50: {_num(wskit.rpc_p99)} µs, "
         f"{_ratio(wskit.rpc_p99, wskit.rpc_p50)} p50, {check(at_most(wskit.rpc_p99, p99_bound))}",
+        f"- one core (server and load pinned together, no cross-core wake-ups): wskit_trio "
+        f"{one_core(wskit)} µs (p99 {_ratio(wskit.rpc_pinned_p99, wskit.rpc_pinned_p50)} p50), "
+        f"WS-Kit on Bun {one_core(bun)}, bare wsproto loop on trio {one_core(bare_row)}",
         f"- memory per idle connection ≤ 8 KiB at {s.idle_connections:,}: "
         f"{_num(wskit.memory_kib, 1)} KiB, {check(at_most(wskit.memory_kib, 8))}",
         f"- fan-out through one Valkey (2 processes, {s.subscribers:,} subscribers) ≥ 150k/s: "
@@ -1200,6 +1315,8 @@ def to_json(results: Results) -> dict[str, Any]:
                 "echo_server_cpu_us": row.echo_cpu,
                 "rpc_p50_us": row.rpc_p50,
                 "rpc_p99_us": row.rpc_p99,
+                "rpc_pinned_p50_us": row.rpc_pinned_p50,
+                "rpc_pinned_p99_us": row.rpc_pinned_p99,
                 "fanout_per_s": row.fanout,
                 "burst_per_s": row.burst,
                 "memory_kib_per_connection": row.memory_kib,
@@ -1221,6 +1338,7 @@ def to_json(results: Results) -> dict[str, Any]:
         "replay_per_s": results.replay,
         "replay_error": results.replay_error,
         "scale_out": [asdict(row) for row in results.scale_out],
+        "rpc_pinned_cpu": results.pinned_cpu,
         "notes": results.notes,
     }
 
@@ -1242,6 +1360,8 @@ def from_json(data: dict[str, Any]) -> Results:
                 echo_cpu=entry.get("echo_server_cpu_us"),
                 rpc_p50=entry.get("rpc_p50_us"),
                 rpc_p99=entry.get("rpc_p99_us"),
+                rpc_pinned_p50=entry.get("rpc_pinned_p50_us"),
+                rpc_pinned_p99=entry.get("rpc_pinned_p99_us"),
                 fanout=entry.get("fanout_per_s"),
                 burst=entry.get("burst_per_s"),
                 memory_kib=entry.get("memory_kib_per_connection"),
@@ -1260,6 +1380,7 @@ def from_json(data: dict[str, Any]) -> Results:
         history_fanout_error=data.get("history_fanout_error"),
         replay=data.get("replay_per_s"),
         replay_error=data.get("replay_error"),
+        pinned_cpu=data.get("rpc_pinned_cpu"),
         notes=list(data.get("notes", [])),
         machine=dict(data.get("machine", {})),
     )

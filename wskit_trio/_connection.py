@@ -419,14 +419,16 @@ class Connection(Generic[D]):
         self._nursery.cancel_scope.cancel()
 
     def flush_nowait(self) -> None:
-        """Write what is queued from the calling task, at once, if the writer is
-        waiting and the socket takes it, rather than wake the writer and wait a
-        trip through the scheduler for it to write. The reader calls it once done
-        with what it received (its answers); the pub/sub hub once done with a
-        delivery burst (frames queued with ``offer(wake=False)``). If the socket
-        takes only part, the writer is woken to write the rest (those frames still
-        count against the queue's bounds until then); if the writer holds a batch
-        or the transport cannot write at once, the writer is woken for the frames."""
+        """Write what is queued from the calling task, at once, if no writer holds a
+        batch and the socket takes it, rather than start (or wake) the writer and
+        wait a trip through the scheduler for it to write. The reader calls it once
+        done with what it received (its answers), and for an RPC's reply; the
+        pub/sub hub once done with a delivery burst (frames queued with
+        ``offer(wake=False)``); the outbox for a ``put`` outside a burst. If the
+        socket takes only part, the writer is started to write the rest (those
+        frames still count against the queue's bounds until then); if the writer
+        holds a batch or the transport cannot write at once, the writer is started
+        (or woken) for the frames."""
         outbox = self._outbox
         batch = outbox.take_nowait() if self.transport.can_send_nowait() else None
         if batch is None:

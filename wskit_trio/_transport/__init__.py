@@ -14,9 +14,10 @@ is the test harness's. A transport also offers ``pending()`` (messages received
 and not yet taken) and ``settle()`` (awaited by the connection's writer before it
 takes a batch); adapters that read one message at a time answer 0 and return at
 once. With them a burst of messages read at once is handled without a schedule
-point per answer and answered with one write. ``send_nowait()`` lets the reader
-write the answers itself, at once, when the socket takes them (``_wsproto``; the
-others decline, and their writer sends as usual).
+point per answer and answered with one write. ``send_nowait()`` lets whoever
+queued frames write them at once, when the socket takes them (``_wsproto`` on a
+plain socket, and ``_memory``); a connection on a transport that declines (TLS,
+``_trio_websocket``, the ASGI one) keeps its writer task, which sends everything.
 """
 
 from __future__ import annotations
@@ -265,7 +266,8 @@ class Transport(Protocol):
 
     def can_send_nowait(self) -> bool:
         """Whether ``send_nowait`` may be called now: no write is in progress, nor
-        waiting to be finished (a transport may always say no)."""
+        waiting to be finished (a transport may always say no: then the connection's
+        writer task stays, rather than one being started for each write)."""
         ...
 
     def send_nowait(self, messages: Sequence[str]) -> bool:
