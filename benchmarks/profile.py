@@ -41,7 +41,9 @@ Function = tuple[str, int, str]
 #: Two builtins counted per message: a task step (trio runs each step of a task
 #: in the task's context), a send system call.
 TASK_STEP = "<method 'run' of '_contextvars.Context' objects>"
-SOCKET_SEND = "<method 'send' of '_socket.socket' objects>"
+#: The transport writes a plain socket with ``os.write`` (and reads it with
+#: ``os.read``): in this server those are socket I/O.
+SOCKET_SENDS = ("<method 'send' of '_socket.socket' objects>", "<built-in method posix.write>")
 
 IDLE = "waiting for I/O (idle; left out)"
 TASK_START = "task start (nursery.start_soon, spawn, task exit)"
@@ -87,8 +89,12 @@ _SCHEDULING_BUILTINS = {
     "<method 'run' of '_contextvars.Context' objects>",
 }
 _SOCKET_BUILTINS = {
-    f"<method '{call}' of '_socket.socket' objects>"
-    for call in ("send", "recv", "recv_into", "sendmsg", "accept")
+    *(
+        f"<method '{call}' of '_socket.socket' objects>"
+        for call in ("send", "recv", "recv_into", "sendmsg", "accept")
+    ),
+    *SOCKET_SENDS,
+    "<built-in method posix.read>",
 }
 _VALIDATION_FILES = ("_protocol/validation.py", "_protocol/frames.py", "wskit_trio/_schema.py")
 
@@ -141,6 +147,9 @@ class Profile:
     functions: dict[Function, tuple[int, float, float]]
     #: What the load process reported.
     load: dict[str, Any]
+    #: Tasks resumed by trio's run loop (its ``Context.run`` calls: the connection's
+    #: reader also calls ``Context.run`` to run a handler inline, which is no step).
+    task_steps: int = 0
 
     @property
     def busy(self) -> float:
@@ -218,8 +227,15 @@ def profile_scenario(load: Load, scenario: str, amount: float) -> Profile:
         function: (int(calls), float(own), float(cumulative))
         for function, (_, calls, own, cumulative, _) in raw.items()
     }
+    steps = sum(
+        int(counts[1])
+        for (_, _, name), (*_, callers) in raw.items()
+        if name == TASK_STEP
+        for (caller_file, _, caller), counts in callers.items()
+        if caller == "unrolled_run" and "trio" in caller_file
+    )
     messages = int(result["total"] if scenario == "echo" else result["count"])
-    return Profile(scenario, messages, functions, result)
+    return Profile(scenario, messages, functions, result, steps)
 
 
 def _name(function: Function) -> str:
@@ -247,8 +263,8 @@ def render_profile(profile: Profile, top: int = 15) -> list[str]:
         f"{profile.calls_per_message('get_events', 'trio/_core'):.2f} scheduler rounds "
         f"(epoll waits), "
         f"{profile.calls_per_message('spawn_impl', 'trio/_core'):.2f} tasks started, "
-        f"{profile.calls_per_message(TASK_STEP):.2f} task steps (a task resumed), "
-        f"{profile.calls_per_message(SOCKET_SEND):.2f} socket sends.",
+        f"{profile.task_steps / max(1, profile.messages):.2f} task steps (a task resumed), "
+        f"{sum(map(profile.calls_per_message, SOCKET_SENDS)):.2f} socket sends.",
         "",
         "Most of it: "
         + "; ".join(f"{group.split(' (')[0]} {own / busy:.0%}" for group, own in groups[:3])
