@@ -22,7 +22,7 @@ import trio
 
 from .._admission import TrustedProxies, client_ip
 from .._errors import ConnectionClosed, MessageTooBig
-from . import Rejected, UpgradeRequest, host_port, over_limit
+from . import Headers, Rejected, UpgradeRequest, host_port, over_limit
 from ._http import ACCEPT_HEADERS
 
 __all__ = [
@@ -51,9 +51,10 @@ def request_of(scope: Scope, trusted: TrustedProxies) -> UpgradeRequest:
     """The upgrade request a ``websocket`` scope describes. ``path`` is the whole path
     the client asked for (ASGI's ``path`` includes the ``root_path`` a framework
     mounted the app under), as ``serve()`` sees it."""
-    headers = tuple(
-        (bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
-        for name, value in scope.get("headers") or ()
+    # One string for them all, as ``serve()`` keeps them (the request lives as long
+    # as its connection).
+    headers = Headers.parsed(
+        (bytes(name), bytes(value)) for name, value in scope.get("headers") or ()
     )
     query = bytes(scope.get("query_string") or b"").decode("latin-1")
     path = str(scope.get("path") or "/")
