@@ -565,12 +565,16 @@ async def test_an_answer_the_socket_takes_in_part_goes_out_whole_and_in_order(
                 reply += await client.text()
             assert json.loads(reply)["payload"] == {"reply": "y" * size}
             assert '"reply":"after"' in await client.text()
+            # The writer ran while the socket drained, and ended with the queue empty:
+            # the connection is its one task again.
+            await trio.testing.wait_all_tasks_blocked()
+            assert [child_tasks(conn) for conn in server.connections] == [[]]
 
 
 async def test_a_burst_of_requests_and_events_is_answered_in_order_through_a_tiny_queue() -> None:
-    """The reader writes its RPCs' replies itself at the end of a burst, but inside
-    it the writer is woken after each message all the same: a handler waiting for
-    room in the queue never waits for a writer nobody woke."""
+    """The reader writes its RPCs' replies itself at the end of a burst, and nobody
+    starts the writer inside it: a handler that must wait for room in the queue
+    starts it itself, so it never waits for a writer nobody started."""
     router = echo_router()
 
     @router.rpc(ECHO)
@@ -792,12 +796,21 @@ async def test_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
             assert server.url == f"wss://127.0.0.1:{server.port}"
             client, accepted = await Client.connect(server, tls=client_ctx)
             assert isinstance(accepted, ev.AcceptConnection)
-            for text in ("one", "two"):
+            for text in ("one", "two", "three"):
                 await client.send(ev.TextMessage(PING_FRAME % text))
                 assert f'"reply":"{text}"' in await client.text()
+            # Only a writer can write to a TLS stream: the connection keeps one, waiting
+            # for frames, rather than start a task for each answer.
+            await trio.testing.wait_all_tasks_blocked()
+            assert [child_tasks(conn) for conn in server.connections] == [["_write_loop"]]
             await client.send(ev.CloseConnection(1000))
             event = await client.next_event()
             assert isinstance(event, ev.CloseConnection) and event.code == 1000
+
+
+def child_tasks(conn: Any) -> list[str]:
+    """The tasks of a connection's nursery, by their function's name."""
+    return sorted(task.name.rsplit(".", 1)[-1] for task in conn._nursery.child_tasks)
 
 
 def test_unknown_transport_is_refused() -> None:
