@@ -40,6 +40,7 @@ from wskit_trio import (
     Server,
     UpgradeRejected,
     UpgradeRequest,
+    message,
     serve,
 )
 from wskit_trio._errors import ConnectionClosed, MessageTooBig
@@ -593,6 +594,35 @@ async def test_a_burst_of_requests_and_events_is_answered_in_order_through_a_tin
             await client.send_raw(burst)  # one write: the server reads it at once
             replies = [json.loads(await client.text())["payload"]["reply"] for _ in range(40)]
     assert replies == [text for i in range(20) for text in (f"r{i}", f"p{i}")]
+
+
+async def test_an_event_handler_that_blocks_in_a_burst_lets_the_bursts_answers_go() -> None:
+    """In a burst the reader's answers wait for its one write at the end; a handler
+    that then blocks (here until the client has seen them) must not hold them back:
+    what the burst queued, and what the handler sends while it waits, go out then."""
+    router = echo_router()
+    release = trio.Event()
+
+    @router.on(message("WAIT", Ping))
+    async def wait_for_the_client(ctx: Context[Ping, Any]) -> None:
+        await ctx.send(PONG, Pong(reply="before"))
+        await release.wait()
+        await ctx.send(PONG, Pong(reply="after"))
+
+    wait = '{"type": "WAIT", "payload": {"text": "x"}}'
+    with trio.fail_after(TIMEOUT):
+        async with running(router) as server:
+            client, _ = await Client.connect(server)
+            burst = b"".join(
+                client.ws.send(ev.TextMessage(text))
+                for text in (PING_FRAME % "p1", PING_FRAME % "p2", wait, PING_FRAME % "p3")
+            )
+            await client.send_raw(burst)  # one write: the server reads it at once
+            seen = [json.loads(await client.text())["payload"]["reply"] for _ in range(3)]
+            assert seen == ["p1", "p2", "before"]  # while the handler still waits
+            release.set()
+            seen = [json.loads(await client.text())["payload"]["reply"] for _ in range(2)]
+            assert seen == ["after", "p3"]
 
 
 async def test_binary_frames_holding_json_are_messages_too() -> None:

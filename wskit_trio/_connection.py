@@ -574,10 +574,15 @@ class Connection(Generic[D]):
         )
 
     def _event_blocked(self) -> None:
-        """The event handler the reader runs is about to block: what it has queued goes
-        out now, not once it is done, and so does what it sends from now on."""
-        self._outbox.burst_task = None
-        self._outbox.notify_writer()
+        """The event handler the reader runs is about to block. In a burst, what the
+        burst has queued goes out now, not once the handler is done, and so does what
+        it sends from now on. (Outside a burst nothing waits for the reader: each
+        ``put`` writes its frame itself, right after its own schedule point, which is
+        where this is called from then.)"""
+        outbox = self._outbox
+        if outbox.burst_task is not None:
+            outbox.burst_task = None
+            outbox.notify_writer()
 
     def _hand_over(self) -> None:
         """The RPC handler the reader runs is about to block: the RPC keeps this task

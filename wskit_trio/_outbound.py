@@ -251,14 +251,20 @@ class Outbox:
         burst = self.burst_task
         if burst is not None and burst is trio.lowlevel.current_task():
             return self.put_nowait(frame, kind, wake=False)
-        if burst is None and self.owner is not None:
-            # Nobody is working through a burst: write it now from here if the
-            # socket takes it, rather than start a writer task for one write.
-            queued = self.put_nowait(frame, kind, wake=False)
-            self.owner.flush_nowait()
-        else:
+        if burst is not None or self.owner is None:
             queued = self.put_nowait(frame, kind)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return queued
+        # Nobody is working through a burst: this task writes the frame itself if the
+        # socket takes it, rather than start a writer task for one write. After the
+        # schedule point, as a writer would: until the sender next yields, nothing
+        # else in this process sees the frame gone, so what the sender does after
+        # ``send`` (its middleware, its bookkeeping) still comes first for them.
+        queued = self.put_nowait(frame, kind, wake=False)
         await trio.lowlevel.cancel_shielded_checkpoint()
+        owner = self.owner
+        if owner is not None:  # (``None`` once the connection has ended meanwhile)
+            owner.flush_nowait()
         return queued
 
     def offer(self, frame: str, *, wake: bool = True) -> bool:

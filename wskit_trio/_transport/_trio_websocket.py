@@ -166,9 +166,11 @@ async def open_trio_websocket(
     request again from the replayed head and answers 101 (with the same
     ``ACCEPT_HEADERS`` as ours). Its reader task lives in
     a nursery of this connection's own."""
+    replay = _Replayed(stream, head.raw)
+    del head  # (this frame lives as long as the connection; the head need not)
     async with trio.open_nursery() as nursery:
         ws = _Bounded(
-            _Replayed(stream, head.raw),
+            replay,
             WSConnection(ConnectionType.SERVER),
             max_message_size=_library_limit(max_message_bytes),
         )
