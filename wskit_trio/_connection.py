@@ -525,13 +525,14 @@ class Connection(Generic[D]):
             observer.frame_in(action.type, routed)
         if isinstance(action, RunEvent):
             event: Context[Any, D] = Context(self, action.type, action.payload, action.meta)
-            # Until it blocks, its frames wait for the reader's one write at the end
-            # of the burst; once it blocks, they go now (``_event_blocked``).
-            await run_until_blocked(
-                self._run_event(action.route, event),
-                contextvars.copy_context(),
-                self._event_blocked,
-            )
+            if self._outbox.burst_task is None:
+                await self._run_event(action.route, event)
+            else:
+                # Its frames wait for the reader's one write at the end of the burst,
+                # unless it blocks: then they go at once (``_event_blocked``).
+                await run_until_blocked(
+                    self._run_event(action.route, event), None, self._event_blocked
+                )
         elif isinstance(action, StartRpc):
             await self._start_rpc(action)
         elif isinstance(action, Refuse):
@@ -574,15 +575,12 @@ class Connection(Generic[D]):
         )
 
     def _event_blocked(self) -> None:
-        """The event handler the reader runs is about to block. In a burst, what the
+        """The event handler the reader runs in a burst is about to block: what the
         burst has queued goes out now, not once the handler is done, and so does what
         it sends from now on. (Outside a burst nothing waits for the reader: each
-        ``put`` writes its frame itself, right after its own schedule point, which is
-        where this is called from then.)"""
-        outbox = self._outbox
-        if outbox.burst_task is not None:
-            outbox.burst_task = None
-            outbox.notify_writer()
+        ``put`` writes its frame itself, right after its own schedule point.)"""
+        self._outbox.burst_task = None
+        self._outbox.notify_writer()
 
     def _hand_over(self) -> None:
         """The RPC handler the reader runs is about to block: the RPC keeps this task

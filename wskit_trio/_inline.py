@@ -12,7 +12,8 @@ on (a parking lot, an I/O wait) has recorded that task.
 
 The handler runs in a context of its own (a copy of the current one), as it would
 in a task of its own: context variables it sets do not leak into the reader. (The
-reader runs event handlers this way too, for ``on_block``: see ``_connection``.)
+reader runs an event handler this way too, in a burst, in its own context as it
+runs every event handler, for ``on_block``: see ``_connection``.)
 """
 
 from __future__ import annotations
@@ -30,18 +31,19 @@ T = TypeVar("T")
 @types.coroutine
 def run_until_blocked(
     coro: Coroutine[Any, Any, T],
-    context: contextvars.Context,
+    context: contextvars.Context | None,
     on_block: Callable[[], object],
 ) -> Generator[Any, Any, T]:
-    """Await ``coro`` in ``context``, calling ``on_block()`` once, just before the first
-    time it yields to the scheduler (never, if it finishes without yielding).
+    """Await ``coro`` in ``context`` (``None``: the caller's own), calling ``on_block()``
+    once, just before the first time it yields to the scheduler (never, if it
+    finishes without yielding).
 
     Everything ``coro`` yields is passed on to trio unchanged, and what trio sends
     back (a value, or an exception such as ``Cancelled``) is passed back in, so to
     both sides this is ``await coro``.
     """
     try:
-        yielded = context.run(coro.send, None)
+        yielded = coro.send(None) if context is None else context.run(coro.send, None)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     try:
@@ -57,12 +59,12 @@ def run_until_blocked(
             raise
         except BaseException as exc:
             try:
-                yielded = context.run(coro.throw, exc)
+                yielded = coro.throw(exc) if context is None else context.run(coro.throw, exc)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
         else:
             try:
-                yielded = context.run(coro.send, sent)
+                yielded = coro.send(sent) if context is None else context.run(coro.send, sent)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
             finally:
